@@ -1,0 +1,39 @@
+"""udfc-hub: data-free pruning and low-bit quantization of timm and Hugging Face vision models.
+
+>>> import timm, udfc_hub
+>>> result = udfc_hub.compress(timm.create_model("resnet18"), prune_ratio=0.3, bits=6)
+>>> print(result.report)  # doctest: +SKIP
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import models  # noqa: F401  (registers cifar_resnet* with timm)
+from .adapters import ChannelGroup, Consumer, Layer, ModelSpec, describe_model, register_adapter
+from .engine import METHODS, CompressionReport, CompressionResult, LayerReport, compress
+from .errors import InvalidArgumentError, UdfcError, UnsupportedModelError
+from .profile import ModelStats, profile_model
+
+try:
+    __version__ = version("udfc-hub")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "METHODS",
+    "ChannelGroup",
+    "CompressionReport",
+    "CompressionResult",
+    "Consumer",
+    "InvalidArgumentError",
+    "Layer",
+    "LayerReport",
+    "ModelSpec",
+    "ModelStats",
+    "UdfcError",
+    "UnsupportedModelError",
+    "__version__",
+    "compress",
+    "describe_model",
+    "profile_model",
+    "register_adapter",
+]
