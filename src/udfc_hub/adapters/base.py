@@ -1,0 +1,87 @@
+"""Channel couplings as data: which layer produces a group of channels, its norm, who consumes them.
+
+An adapter looks at a model and returns a ``ModelSpec``; it does no math and changes nothing. The engine walks
+the spec. Module names are those of ``model.named_modules()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch.nn as nn
+
+__all__ = ["Layer", "Consumer", "ChannelGroup", "ModelSpec", "Adapter", "conv_norm_pairs"]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A weight layer (``nn.Conv2d`` or ``nn.Linear``) and the BatchNorm that directly follows it, if any."""
+
+    name: str
+    norm: str | None = None
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A layer that reads a group's channels, along dimension ``dim`` of its weight (1 for conv and linear)."""
+
+    name: str
+    dim: int = 1
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Output channels of ``producer`` that may be pruned and whose loss ``consumers`` absorb.
+
+    ``aligned`` names other modules indexed by the same channels along their first dimension (they are sliced
+    alongside). ``scale_commutes`` says the activation between producer and consumers commutes with a positive
+    per-channel scale (ReLU does), so a quantization correction may move into the consumers' input columns.
+    """
+
+    producer: Layer
+    consumers: tuple[Consumer, ...]
+    aligned: tuple[str, ...] = ()
+    scale_commutes: bool = True
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the engine needs to compress one model.
+
+    ``layers``: every weight layer to quantize, in forward order. ``groups``: the prunable channel groups; each
+    group's producer is one of ``layers``. ``notes``: what the adapter chose not to touch, and why.
+    """
+
+    family: str
+    layers: tuple[Layer, ...]
+    groups: tuple[ChannelGroup, ...]
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+class Adapter(Protocol):
+    """One model family. ``matches`` is a cheap type check; ``describe`` may still refuse a variant."""
+
+    family: str
+    examples: str
+
+    def matches(self, model: nn.Module) -> bool: ...
+
+    def describe(self, model: nn.Module) -> ModelSpec: ...
+
+
+def conv_norm_pairs(module: nn.Module, prefix: str) -> list[Layer]:
+    """Layers of a ``nn.Sequential``-like container in order, each conv paired with the BatchNorm right after it.
+
+    Used for stems and downsample paths, e.g. ``Sequential(Conv2d, BatchNorm2d, ReLU, Conv2d, ...)`` or
+    ``Sequential(AvgPool2d, Conv2d, BatchNorm2d)``.
+    """
+    children = list(module.named_children())
+    layers = []
+    for i, (name, child) in enumerate(children):
+        if isinstance(child, (nn.Conv2d, nn.Linear)):
+            norm = None
+            if i + 1 < len(children) and isinstance(children[i + 1][1], nn.BatchNorm2d):
+                norm = f"{prefix}.{children[i + 1][0]}"
+            layers.append(Layer(f"{prefix}.{name}", norm))
+    return layers
