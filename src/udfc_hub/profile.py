@@ -1,0 +1,55 @@
+"""Parameter and multiply-accumulate counts of a model, from one forward pass at batch size 1."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+__all__ = ["ModelStats", "profile_model", "default_input_size"]
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    params: int
+    macs: int  # multiply-accumulates of conv and linear layers for one input
+
+
+def default_input_size(model: nn.Module) -> tuple[int, int, int]:
+    """The model's timm ``pretrained_cfg['input_size']``, else (3, 224, 224)."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    return tuple(cfg.get("input_size", (3, 224, 224)))
+
+
+@torch.no_grad()
+def profile_model(model: nn.Module, input_size: tuple[int, ...] | None = None) -> ModelStats:
+    """Count parameters and conv/linear MACs of ``model`` for one input of ``input_size`` (C, H, W).
+
+    >>> profile_model(nn.Linear(3, 2), input_size=(3,)).macs
+    6
+    """
+    size = tuple(input_size) if input_size is not None else default_input_size(model)
+    macs = 0
+
+    def hook(module, inputs, output):
+        nonlocal macs
+        if isinstance(module, nn.Conv2d):
+            per_output = module.weight.shape[1] * module.weight.shape[2] * module.weight.shape[3]
+            macs += output.numel() * per_output
+        else:
+            macs += output.numel() * module.weight.shape[1]
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    try:
+        model.eval()
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+        model(torch.zeros((1, *size), device=device, dtype=dtype))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return ModelStats(params=sum(p.numel() for p in model.parameters()), macs=int(macs))
