@@ -1,0 +1,39 @@
+"""Shared test helpers: the read-only fixtures beside the checkout (override with UDFC_FIXTURES)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("UDFC_FIXTURES", REPO.parent / "shared" / "fixtures"))
+CIFAR_WEIGHTS = FIXTURES / "weights" / "akamaster_resnet_cifar10"
+CIFAR_TEST = FIXTURES / "cifar10" / "cifar10_test_jpeg_q75.npz"
+CIFAR_LOSSLESS = FIXTURES / "cifar10" / "cifar10_test_first20_lossless.npz"
+
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+
+
+def require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"fixture missing: {path} (set UDFC_FIXTURES to the shared fixtures folder)")
+    return path
+
+
+def load_cifar(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images normalised as the akamaster models were trained (x/255, ImageNet mean/std), and labels."""
+    data = np.load(require(path))
+    x = torch.from_numpy(data["x"]).permute(0, 3, 1, 2).float() / 255
+    return (x - IMAGENET_MEAN) / IMAGENET_STD, torch.from_numpy(data["y"]).long()
+
+
+@torch.inference_mode()
+def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:
+    model.eval()
+    pred = torch.cat([model(xb).argmax(1) for xb in x.split(batch)])
+    return float(pred.eq(y).float().mean() * 100)

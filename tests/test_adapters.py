@@ -1,0 +1,117 @@
+import pytest
+import timm
+import torch
+import torch.nn as nn
+
+import udfc_hub
+from helpers import CIFAR_LOSSLESS, CIFAR_WEIGHTS, accuracy, load_cifar, require
+from udfc_hub import UnsupportedModelError, describe_model
+
+# (timm name, blocks, groups per block)
+RESNETS = [
+    ("resnet18", 8, 1),
+    ("resnet34", 16, 1),
+    ("resnet50", 16, 2),
+    ("resnet101", 33, 2),
+    ("resnet152", 50, 2),
+    ("resnet26", 8, 2),
+    ("resnet18d", 8, 1),
+    ("resnet50d", 16, 2),
+]
+
+
+def _check_spec(model, spec):
+    modules = dict(model.named_modules())
+    names = [layer.name for layer in spec.layers]
+    assert len(names) == len(set(names))
+    # every conv and linear weight of the model is listed for quantization
+    assert set(names) == {n for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    for layer in spec.layers:
+        if layer.norm is not None:
+            assert isinstance(modules[layer.norm], nn.BatchNorm2d)
+            assert modules[layer.norm].num_features == modules[layer.name].weight.shape[0]
+    for g in spec.groups:
+        assert g.producer in spec.layers and g.producer.norm is not None
+        for c in g.consumers:
+            assert modules[c.name].weight.shape[c.dim] == modules[g.producer.name].weight.shape[0]
+
+
+@pytest.mark.parametrize("name,blocks,per_block", RESNETS)
+def test_timm_resnet_spec(name, blocks, per_block):
+    model = timm.create_model(name)
+    spec = describe_model(model)
+    _check_spec(model, spec)
+    assert len(spec.groups) == blocks * per_block
+    # only inner channels are prunable: never a block's last conv, the stem or a downsample
+    producers = {g.producer.name for g in spec.groups}
+    assert not any(p.endswith(("conv3", "downsample.0", "downsample.1")) or "." not in p for p in producers)
+
+
+@pytest.mark.parametrize("depth", [20, 32, 44, 56])
+def test_cifar_resnet_spec(depth):
+    model = timm.create_model(f"cifar_resnet{depth}")
+    spec = describe_model(model)
+    _check_spec(model, spec)
+    assert len(spec.groups) == 3 * (depth - 2) // 6
+    # the parameter counts of the akamaster checkpoints
+    expected = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018}[depth]
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+
+@pytest.mark.parametrize(
+    "name,match", [("resnext50_32x4d", "grouped"), ("seresnet50", "attention"), ("resnetaa50", "anti-aliasing")]
+)
+def test_unsupported_resnet_variants_say_why(name, match):
+    with pytest.raises(UnsupportedModelError, match=match):
+        describe_model(timm.create_model(name))
+
+
+def test_unsupported_model_lists_families():
+    with pytest.raises(UnsupportedModelError) as err:
+        udfc_hub.compress(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), 0.3, 6)
+    text = str(err.value)
+    assert "Sequential" in text and "timm ResNet" in text and "CIFAR ResNet" in text and "resnet50" in text
+
+
+def test_register_adapter_is_tried_first():
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.bn, self.b = nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.bn(self.a(x))))
+
+    class TinyAdapter:
+        family, examples = "Tiny", "Tiny()"
+
+        def matches(self, model):
+            return isinstance(model, Tiny)
+
+        def describe(self, model):
+            a = udfc_hub.Layer("a", "bn")
+            return udfc_hub.ModelSpec(
+                "Tiny", (a, udfc_hub.Layer("b")), (udfc_hub.ChannelGroup(a, (udfc_hub.Consumer("b"),)),)
+            )
+
+    adapter = udfc_hub.register_adapter(TinyAdapter())
+    try:
+        result = udfc_hub.compress(Tiny().eval(), 0.5, None, input_size=(3, 4, 4))
+        assert result.model.a.out_channels == 4 and result.model.b.in_channels == 4
+        assert result.model(torch.randn(1, 3, 4, 4)).shape == (1, 2, 4, 4)
+    finally:
+        udfc_hub.adapters.ADAPTERS.remove(adapter)
+
+
+@pytest.mark.parametrize("depth,expected", [(20, 91.78), (56, 93.62)])
+def test_cifar_checkpoints_load_through_timm(depth, expected):
+    files = {20: "resnet20-12fca82f.th", 56: "resnet56-4bfd9763.th"}
+    path = require(CIFAR_WEIGHTS / files[depth])
+    model = timm.create_model(f"cifar_resnet{depth}", checkpoint_path=str(path))
+    x, y = load_cifar(CIFAR_LOSSLESS)
+    # the checkpoints are good models: on 20 lossless test images they get nearly all right
+    assert accuracy(model, x, y) >= 90.0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    assert state["best_prec1"] == pytest.approx(expected, abs=0.01)
+    first = state["state_dict"]["module.conv1.weight"]
+    assert torch.equal(model.conv1.weight, first)

@@ -1,0 +1,44 @@
+"""cifar_resnet56 with its real checkpoint on the 10,000 fixture CIFAR-10 test images (JPEG q75).
+
+Reference numbers (an independent implementation of the method doc): FP 83.20; 30 % l1: prune 62.56, UDFC 72.00;
+6-bit quantization only: 82.79. Slow (about a minute): marked, and still run in CI.
+"""
+
+import pytest
+import timm
+
+from helpers import CIFAR_TEST, CIFAR_WEIGHTS, accuracy, load_cifar, require
+from udfc_hub import compress
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def resnet56():
+    path = require(CIFAR_WEIGHTS / "resnet56-4bfd9763.th")
+    return timm.create_model("cifar_resnet56", checkpoint_path=str(path)).eval()
+
+
+@pytest.fixture(scope="module")
+def cifar():
+    return load_cifar(CIFAR_TEST)
+
+
+@pytest.fixture(scope="module")
+def fp_accuracy(resnet56, cifar):
+    return accuracy(resnet56, *cifar)
+
+
+def test_uncompressed_accuracy_matches_fixture_readme(fp_accuracy):
+    assert fp_accuracy == pytest.approx(83.2, abs=0.05)
+
+
+def test_udfc_beats_plain_pruning_at_30_percent_l1(resnet56, cifar):
+    plain = accuracy(compress(resnet56, 0.3, None, method="prune", criterion="l1").model, *cifar)
+    udfc = accuracy(compress(resnet56, 0.3, None, method="udfc", criterion="l1").model, *cifar)
+    assert udfc > plain + 5, (udfc, plain)
+
+
+def test_six_bit_quantization_loses_at_most_one_point(resnet56, cifar, fp_accuracy):
+    q = accuracy(compress(resnet56, 0.0, 6, method="udfc").model, *cifar)
+    assert q >= fp_accuracy - 1.0, (q, fp_accuracy)
