@@ -38,6 +38,7 @@ from .ops import (
     solve_quant_correction,
 )
 from .profile import ModelStats, profile_model
+from .surgery import set_param, slice_channels, sync_shape_attrs
 
 __all__ = ["METHODS", "REFERENCES", "LayerReport", "CompressionReport", "CompressionResult", "compress"]
 
@@ -238,11 +239,11 @@ class _Run:
             zero = torch.zeros(len(pruned), len(keep), dtype=torch.float64)
             loss = prune_loss(folded, keep, pruned, zero if scales is None else scales, s["alpha1"])
             report.residual = float(loss.mean()) if len(pruned) else 0.0
-            _slice_outputs(mod, keep)
+            slice_channels(mod, keep)
             if norm is not None:
-                _slice_outputs(norm, keep)
+                slice_channels(norm, keep)
             for name in group.aligned:
-                _slice_outputs(self.model.get_submodule(name), keep)
+                slice_channels(self.model.get_submodule(name), keep)
             report.kept_channels = len(keep)
 
         t = None
@@ -256,7 +257,7 @@ class _Run:
                 ref = fold_batchnorm(w, mod.bias, *bn)
                 t = solve_quant_correction(ref.R, fold_batchnorm(wq, mod.bias, *bn).R, ref.K, s["alpha2"])
                 report.t_range = (float(t.min()), float(t.max()))
-            _set_param(mod, "weight", wq)
+            set_param(mod, "weight", wq)
             self.quantized[layer.name] = qt
 
         to_consumers = (
@@ -271,26 +272,23 @@ class _Run:
                 merged = merge_into_consumer(
                     consumer.weight, keep, pruned, scales, t if to_consumers else None, dim=c.dim
                 )
-                _set_param(consumer, "weight", merged)
-                if isinstance(consumer, nn.Conv2d):
-                    consumer.in_channels = merged.shape[1] * consumer.groups
-                elif isinstance(consumer, nn.Linear):
-                    consumer.in_features = merged.shape[1]
+                set_param(consumer, "weight", merged)
+                sync_shape_attrs(consumer)
         if t is not None:
             if to_consumers:
                 report.correction = "consumer"
             elif norm is not None:
-                _set_param(norm, "weight", norm.weight * t.to(norm.weight))
-                _set_param(norm, "bias", norm.bias * t.to(norm.bias))
+                set_param(norm, "weight", norm.weight * t.to(norm.weight))
+                set_param(norm, "bias", norm.bias * t.to(norm.bias))
                 report.correction = "norm"
             else:
                 qt = self.quantized[layer.name]
                 shape = (-1,) + (1,) * (qt.codes.ndim - 1)
                 qt = QuantizedTensor(qt.codes, qt.scale * t.to(qt.scale).reshape(shape), qt.bits)
                 self.quantized[layer.name] = qt
-                _set_param(mod, "weight", qt.dequantize(mod.weight.dtype).to(mod.weight.device))
+                set_param(mod, "weight", qt.dequantize(mod.weight.dtype).to(mod.weight.device))
                 if mod.bias is not None:
-                    _set_param(mod, "bias", mod.bias * t.to(mod.bias))
+                    set_param(mod, "bias", mod.bias * t.to(mod.bias))
                 report.correction = "rows"
         self.reports.append(report)
 
@@ -322,29 +320,6 @@ def _nm_scales(mod: nn.Module, norm: nn.Module | None, keep, pruned, s) -> torch
         threshold=s["nm_threshold"],
         variant=s["nm_variant"],
     )
-
-
-def _set_param(module: nn.Module, name: str, value: torch.Tensor) -> None:
-    old = getattr(module, name)
-    setattr(module, name, nn.Parameter(value.detach().to(old.dtype).contiguous(), requires_grad=old.requires_grad))
-
-
-def _slice_outputs(module: nn.Module, keep: torch.Tensor) -> None:
-    """Keep only channels ``keep`` of a conv/linear's outputs or a norm's features, in place."""
-    n_old = module.weight.shape[0]
-    idx = keep.to(module.weight.device)
-    for name, p in list(module.named_parameters(recurse=False)):
-        _set_param(module, name, p.detach().index_select(0, idx))
-    for name, b in list(module.named_buffers(recurse=False)):
-        if b is not None and b.ndim >= 1 and b.shape[0] == n_old:
-            setattr(module, name, b.index_select(0, idx).contiguous())
-    n = len(keep)
-    if isinstance(module, nn.Conv2d):
-        module.out_channels = n
-    elif isinstance(module, nn.Linear):
-        module.out_features = n
-    elif isinstance(module, nn.modules.batchnorm._NormBase):
-        module.num_features = n
 
 
 def _validate(model: Any, s: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,42 @@
+"""In-place module surgery: replace a parameter, keep a subset of channels, keep shape attributes true."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+__all__ = ["set_param", "slice_channels", "sync_shape_attrs"]
+
+
+def set_param(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Replace parameter ``name`` by ``value`` (same dtype and ``requires_grad`` as before)."""
+    old = getattr(module, name)
+    setattr(module, name, nn.Parameter(value.detach().to(old.dtype).contiguous(), requires_grad=old.requires_grad))
+
+
+def slice_channels(module: nn.Module, keep: torch.Tensor, dim: int = 0) -> None:
+    """Keep channels ``keep`` of a conv / linear / norm along weight dimension ``dim`` (0: outputs, 1: inputs).
+
+    Along dim 0 every per-channel parameter and buffer (bias, running statistics) is sliced too.
+    """
+    n_old = module.weight.shape[dim]
+    idx = keep.to(module.weight.device)
+    for name, p in list(module.named_parameters(recurse=False)):
+        if name == "weight" or (dim == 0 and p.ndim >= 1 and p.shape[0] == n_old):
+            set_param(module, name, p.detach().index_select(dim, idx))
+    if dim == 0:
+        for name, b in list(module.named_buffers(recurse=False)):
+            if b is not None and b.ndim >= 1 and b.shape[0] == n_old:
+                setattr(module, name, b.index_select(0, idx).contiguous())
+    sync_shape_attrs(module)
+
+
+def sync_shape_attrs(module: nn.Module) -> None:
+    """Make ``in_channels`` / ``out_channels`` / ``num_features`` (etc.) agree with the weight's shape."""
+    w = module.weight
+    if isinstance(module, nn.Conv2d):
+        module.out_channels, module.in_channels = w.shape[0], w.shape[1] * module.groups
+    elif isinstance(module, nn.Linear):
+        module.out_features, module.in_features = w.shape[0], w.shape[1]
+    elif isinstance(module, nn.modules.batchnorm._NormBase):
+        module.num_features = w.shape[0]
