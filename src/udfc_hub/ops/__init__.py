@@ -1,5 +1,6 @@
 """Pure tensor math: no ``nn.Module`` knowledge lives here."""
 
+from .pack import pack_codes, packed_size, unpack_codes
 from .prune import (
     CRITERIA,
     NM_VARIANTS,
@@ -35,9 +36,12 @@ __all__ = [
     "fold_batchnorm",
     "merge_into_consumer",
     "neuron_merging_scales",
+    "pack_codes",
+    "packed_size",
     "prune_loss",
     "quantize_dorefa",
     "rank_channels",
     "solve_prune_scales",
     "solve_quant_correction",
+    "unpack_codes",
 ]
