@@ -10,7 +10,8 @@ from importlib.metadata import PackageNotFoundError, version
 from . import models  # noqa: F401  (registers cifar_resnet* with timm)
 from .adapters import ChannelGroup, Consumer, Layer, ModelSpec, describe_model, register_adapter
 from .engine import METHODS, CompressionReport, CompressionResult, LayerReport, compress
-from .errors import InvalidArgumentError, UdfcError, UnsupportedModelError
+from .errors import ArtifactError, InvalidArgumentError, UdfcError, UnsupportedModelError
+from .hub import check_artifact, pack_model, save_pretrained
 from .profile import ModelStats, profile_model
 
 try:
@@ -20,6 +21,7 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 __all__ = [
     "METHODS",
+    "ArtifactError",
     "ChannelGroup",
     "CompressionReport",
     "CompressionResult",
@@ -32,8 +34,11 @@ __all__ = [
     "UdfcError",
     "UnsupportedModelError",
     "__version__",
+    "check_artifact",
     "compress",
     "describe_model",
+    "pack_model",
     "profile_model",
     "register_adapter",
+    "save_pretrained",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["UdfcError", "InvalidArgumentError", "UnsupportedModelError"]
+__all__ = ["UdfcError", "InvalidArgumentError", "UnsupportedModelError", "ArtifactError"]
 
 
 class UdfcError(Exception):
@@ -15,3 +15,7 @@ class InvalidArgumentError(UdfcError, ValueError):
 
 class UnsupportedModelError(UdfcError, TypeError):
     """No adapter describes this model's channel couplings."""
+
+
+class ArtifactError(UdfcError):
+    """A saved artifact (config.json, model.safetensors) is missing, corrupt or inconsistent."""

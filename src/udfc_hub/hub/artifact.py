@@ -1,0 +1,315 @@
+"""Write and check a compressed model's folder: model.safetensors (packed codes), config.json, README.md.
+
+The folder is what timm (``local-dir:`` / ``hf-hub:``) and transformers load after ``import udfc_hub``. Writing is
+atomic (a temporary folder beside the target, then a rename) and deterministic (same inputs, same bytes).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from ..engine import CompressionResult
+from ..errors import ArtifactError, InvalidArgumentError
+from ..profile import profile_model
+from .card import render_card
+from .format import FORMAT, FORMAT_VERSION
+from .quantized import quantize_module
+from .timm_models import PREFIX, register_compressed
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "save_pretrained", "pack_model", "read_config", "check_artifact"]
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+CARD_NAME = "README.md"
+
+
+def pack_model(result: CompressionResult, base_model: str | None = None) -> nn.Module:
+    """A copy of ``result.model`` whose quantized layers save as packed codes, with its ``udfc_model_args``.
+
+    ``udfc_model_args`` is what config.json's ``model_args`` holds: the skeleton (base architecture, kept
+    channels, bits, scale shape of each quantized layer) and ``provenance`` (settings, base model, its size).
+    """
+    model = copy.deepcopy(result.model)
+    base = _base_architecture(model)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    for name, qt in result.quantized.items():
+        module = model.get_submodule(name)
+        quantize_module(module, qt.bits, tuple(qt.scale.shape))
+        module.set_codes(qt)
+    channels = {r.name: r.kept_channels for r in result.report.layers if r.kept_channels < r.out_channels}
+    model.udfc_model_args = {
+        "format_version": FORMAT_VERSION,
+        "base_architecture": base,
+        "channels": channels,
+        "bits": result.report.settings["bits"],
+        "quantized_layers": {name: list(qt.scale.shape) for name, qt in result.quantized.items()},
+        "provenance": {
+            "settings": dict(result.report.settings),
+            "base_model": base_model or cfg.get("hf_hub_id") or None,
+            "base_license": cfg.get("license"),
+            "base_params": result.report.before.params,
+            "base_macs": result.report.before.macs,
+        },
+    }
+    return model.eval()
+
+
+def save_pretrained(
+    result: CompressionResult | nn.Module,
+    path: str | os.PathLike,
+    overwrite: bool = False,
+    *,
+    base_model: str | None = None,
+    accuracy: dict[str, Any] | None = None,
+    repo_id: str | None = None,
+) -> Path:
+    """Write ``model.safetensors``, ``config.json`` and a model card ``README.md`` into the folder ``path``.
+
+    Args:
+        result: what ``udfc_hub.compress`` returned, or a model loaded from such a folder (re-saving it writes the
+            same files).
+        path: the folder to create. An existing non-empty folder is refused unless ``overwrite=True``.
+        base_model: Hub id of the base model for the card; default: the base's timm ``hf_hub_id``.
+        accuracy: measured top-1 (and top-5) to put in the card, e.g.
+            ``{"dataset": "ImageNet-1k val", "top1": 71.2, "base_top1": 73.3}``; nothing is claimed without it.
+        repo_id: the Hub repo the folder is meant for (used in the card's usage snippet).
+
+    Example:
+        >>> import tempfile, timm, udfc_hub
+        >>> result = udfc_hub.compress(timm.create_model("resnet18"), prune_ratio=0.3, bits=4)
+        >>> folder = udfc_hub.save_pretrained(result, tempfile.mkdtemp() + "/resnet18-udfc")
+        >>> sorted(p.name for p in folder.iterdir())
+        ['README.md', 'config.json', 'model.safetensors']
+    """
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise InvalidArgumentError(f"{target} exists and is not a folder; choose a folder path.")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise InvalidArgumentError(f"{target} exists and is not empty; pass overwrite=True or choose a new folder.")
+    model = _packed(result, base_model)
+    args = model.udfc_model_args
+    if accuracy is not None:
+        args["provenance"]["accuracy"] = _check_accuracy(accuracy)
+    config = _config(model, args)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format": "pt", "udfc_format": FORMAT, "udfc_format_version": str(FORMAT_VERSION)}
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        (tmp / WEIGHTS_NAME).write_bytes(_serialize(state, metadata))
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        card = render_card(
+            config=config,
+            after=profile_model(model),
+            file_size=(tmp / WEIGHTS_NAME).stat().st_size,
+            name=repo_id.split("/")[-1] if repo_id else target.name,
+            repo_id=repo_id,
+        )
+        (tmp / CARD_NAME).write_text(card)
+        _replace_folder(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _packed(result, base_model: str | None) -> nn.Module:
+    if isinstance(result, CompressionResult):
+        return pack_model(result, base_model)
+    if isinstance(result, nn.Module) and hasattr(result, "udfc_model_args"):
+        model = copy.copy(result)  # the caller's model keeps its own args; only the copy's are updated
+        model.udfc_model_args = copy.deepcopy(result.udfc_model_args)
+        if base_model:
+            model.udfc_model_args["provenance"]["base_model"] = base_model
+        return model
+    raise InvalidArgumentError(
+        f"save_pretrained takes the result of udfc_hub.compress or a model loaded from a udfc_hub folder, got "
+        f"{type(result).__name__}."
+    )
+
+
+def _serialize(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """safetensors bytes with the metadata keys in sorted order (safetensors itself orders them at random)."""
+    data = save(state, metadata=metadata)
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + n])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    if len(text) > n:  # cannot happen (same content), but never write a file that lies about its header
+        raise ArtifactError("safetensors header grew while reordering its metadata")
+    return data[:8] + text.ljust(n) + data[8 + n :]
+
+
+def _check_accuracy(accuracy: dict[str, Any]) -> dict[str, Any]:
+    """Measured accuracies for the card: top1 (required), optional top5, base_top1, base_top5, dataset, n."""
+    if not isinstance(accuracy, dict) or not isinstance(accuracy.get("top1"), (int, float)):
+        raise InvalidArgumentError(
+            f"accuracy must be a dict with a measured 'top1' (and optionally 'top5', 'base_top1', 'base_top5', "
+            f"'dataset', 'n'), got {accuracy!r}."
+        )
+    allowed = ("top1", "top5", "base_top1", "base_top5", "dataset", "n")
+    unknown = sorted(set(accuracy) - set(allowed))
+    if unknown:
+        raise InvalidArgumentError(f"accuracy has unknown keys {unknown}; accepted: {', '.join(allowed)}.")
+    return {k: accuracy[k] for k in allowed if accuracy.get(k) is not None}
+
+
+def _base_architecture(model: nn.Module) -> str:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    arch = cfg.get("architecture")
+    if not arch:
+        raise ArtifactError(
+            "cannot tell which timm architecture this model is (no pretrained_cfg['architecture']); create it "
+            "with timm.create_model(...) so the artifact can be rebuilt."
+        )
+    return arch[len(PREFIX) :] if arch.startswith(PREFIX) else arch
+
+
+def _config(model: nn.Module, args: dict[str, Any]) -> dict[str, Any]:
+    from .. import __version__
+
+    arch = register_compressed(args["base_architecture"])
+    src = dict(getattr(model, "pretrained_cfg", None) or {})
+    prov = args["provenance"]
+    pretrained_cfg = _clean_pretrained_cfg(src)
+    if prov.get("base_license"):
+        pretrained_cfg["license"] = prov["base_license"]
+    config: dict[str, Any] = {
+        "architecture": arch,
+        "num_classes": int(model.num_classes),
+        "num_features": int(model.num_features),
+    }
+    pool = getattr(model, "global_pool", None)
+    pool_type = pool if isinstance(pool, str) else getattr(pool, "pool_type", None)
+    if pool_type:
+        config["global_pool"] = pool_type
+    if src.get("label_names"):
+        config["label_names"] = list(src["label_names"])
+    config["model_args"] = args
+    config["pretrained_cfg"] = pretrained_cfg
+    config["udfc"] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "udfc_hub_version": __version__,
+        "base_model": prov.get("base_model"),
+        "compression": prov["settings"],
+    }
+    return config
+
+
+# keys of a timm PretrainedCfg that describe the data, not where weights came from
+_PRETRAINED_KEYS = (
+    "input_size",
+    "test_input_size",
+    "min_input_size",
+    "fixed_input_size",
+    "interpolation",
+    "crop_pct",
+    "test_crop_pct",
+    "crop_mode",
+    "mean",
+    "std",
+    "num_classes",
+    "pool_size",
+    "test_pool_size",
+    "first_conv",
+    "classifier",
+    "license",
+    "description",
+    "origin_url",
+    "paper_name",
+    "paper_ids",
+    "notes",
+    "label_offset",
+)
+
+
+def _clean_pretrained_cfg(src: dict[str, Any]) -> dict[str, Any]:
+    out = {k: src[k] for k in _PRETRAINED_KEYS if src.get(k) is not None}
+    return json.loads(json.dumps(out))  # tuples -> lists, as timm's own export writes them
+
+
+def _replace_folder(tmp: Path, target: Path) -> None:
+    if target.is_dir():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        old.rmdir()
+        target.rename(old)
+        try:
+            tmp.rename(target)
+        except BaseException:
+            old.rename(target)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(target)
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``config.json`` of a udfc_hub folder, checked for format and version."""
+    cfg_path = Path(path) / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise ArtifactError(f"{cfg_path} is missing: not a udfc_hub model folder.")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{cfg_path} is not valid JSON ({e}).") from None
+    block = config.get("udfc")
+    if not isinstance(block, dict) or block.get("format") != FORMAT:
+        raise ArtifactError(f"{cfg_path} has no udfc block of format {FORMAT!r}: not a udfc_hub artifact.")
+    if block.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{cfg_path} uses udfc format version {block.get('format_version')!r}; this udfc_hub reads version "
+            f"{FORMAT_VERSION}. Upgrade udfc-hub (pip install -U udfc-hub)."
+        )
+    return config
+
+
+def check_artifact(path: str | os.PathLike) -> dict[str, Any]:
+    """Validate a folder without building the model: config, weights file, and tensor shapes agree.
+
+    Returns the config. Raises ``ArtifactError`` naming the first problem.
+    """
+    folder = Path(path)
+    config = read_config(folder)
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise ArtifactError(f"{weights} is missing.")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ArtifactError(f"{weights} is truncated or corrupt ({e}).") from None
+    skeleton = _skeleton(config)
+    expected = skeleton.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ArtifactError(
+            f"{weights} does not match config.json: missing {missing[:5]}, unexpected {unexpected[:5]}."
+        )
+    for key, tensor in expected.items():
+        if tuple(state[key].shape) != tuple(tensor.shape) or state[key].dtype != tensor.dtype:
+            raise ArtifactError(
+                f"{weights}: tensor {key} has shape {tuple(state[key].shape)} {state[key].dtype}, config.json says "
+                f"{tuple(tensor.shape)} {tensor.dtype}."
+            )
+    return config
+
+
+def _skeleton(config: dict[str, Any]) -> nn.Module:
+    import timm
+
+    with torch.device("meta"):
+        return timm.create_model(config["architecture"], num_classes=config["num_classes"], **config["model_args"])

@@ -1,0 +1,122 @@
+"""The model card (README.md) of a compressed model, rendered from ``model_cards/udfc_model_card.md``.
+
+Metadata follows the Hub's conventions: ``library_name: timm``, ``pipeline_tag``, ``license`` and ``base_model``
+inherited from the base, ``base_model_relation: quantized`` when the weights are quantized, and ``model-index``
+results only for accuracies that were measured and passed in.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from ..profile import ModelStats
+
+__all__ = ["render_card", "card_template"]
+
+TEMPLATE = "udfc_model_card.md"
+
+
+def card_template() -> str:
+    return resources.files("udfc_hub").joinpath("model_cards", TEMPLATE).read_text()
+
+
+def _mb(n_bytes: float) -> str:
+    return f"{n_bytes / 1e6:.1f} MB"
+
+
+def _count(n: float) -> str:
+    return f"{n / 1e9:.2f} G" if n >= 1e9 else f"{n / 1e6:.2f} M"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "custom"
+
+
+def render_card(config: dict[str, Any], after: ModelStats, file_size: int, name: str, repo_id: str | None) -> str:
+    """The card text for an artifact whose ``config.json`` is ``config``.
+
+    ``name`` titles the card; ``repo_id`` (when known) goes into the usage snippet, else a placeholder does.
+    """
+    args = config["model_args"]
+    prov = args["provenance"]
+    settings = prov["settings"]
+    bits, ratio = settings["bits"], settings["prune_ratio"]
+    base_arch = args["base_architecture"]
+    base_model = prov.get("base_model")
+    acc = prov.get("accuracy") or {}
+    repo = repo_id or f"<namespace>/{name}"
+
+    done = []
+    if ratio > 0:
+        done.append(f"{ratio:.0%} of the prunable channels removed ({settings['criterion']} criterion)")
+    if bits is not None:
+        done.append(f"{bits}-bit weights ({settings['granularity']} scales)")
+    tags = ["udfc", "data-free", "image-classification", "timm"]
+    if ratio > 0:
+        tags.append("pruned")
+    if bits is not None:
+        tags += ["quantized", f"{bits}-bit"]
+
+    eval_results = None
+    if "top1" in acc:
+        dataset = acc.get("dataset", "evaluation images")
+        eval_results = [
+            EvalResult(
+                task_type="image-classification",
+                dataset_type=_slug(dataset),
+                dataset_name=dataset,
+                metric_type="accuracy",
+                metric_name=metric,
+                metric_value=acc[key],
+            )
+            for key, metric in (("top1", "top-1 accuracy"), ("top5", "top-5 accuracy"))
+            if key in acc
+        ]
+    extra = {"base_model_relation": "quantized"} if bits is not None and base_model else {}
+    data = ModelCardData(
+        library_name="timm",
+        pipeline_tag="image-classification",
+        license=config["pretrained_cfg"].get("license"),
+        base_model=base_model,
+        tags=tags,
+        eval_results=eval_results,
+        model_name=name if eval_results else None,
+        **extra,
+    )
+
+    comparison = [
+        ("parameters", _count(prov["base_params"]), _count(after.params)),
+        ("MACs (one image)", _count(prov["base_macs"]), _count(after.macs)),
+        ("weights file", f"{_mb(prov['base_params'] * 4)} (float32)", f"{_mb(file_size)} (model.safetensors)"),
+    ]
+    if "top1" in acc:
+        comparison.append(("top-1 %", f"{acc['base_top1']:.2f}" if "base_top1" in acc else "-", f"{acc['top1']:.2f}"))
+    if "top5" in acc:
+        comparison.append(("top-5 %", f"{acc['base_top5']:.2f}" if "base_top5" in acc else "-", f"{acc['top5']:.2f}"))
+    accuracy_note = None
+    if "top1" in acc:
+        where = acc.get("dataset", "the evaluation images")
+        n = f" ({acc['n']} images)" if "n" in acc else ""
+        accuracy_note = f"Accuracy measured by udfc-hub on {where}{n}."
+    storage = f"{bits}-bit codes packed densely with their scales" if bits is not None else "float32 tensors"
+    base_description = f"[{base_model}](https://huggingface.co/{base_model})" if base_model else f"timm `{base_arch}`"
+
+    card = ModelCard.from_template(
+        data,
+        template_str=card_template(),
+        model_name=name,
+        base_description=base_description,
+        what_was_done=" and ".join(done),
+        comparison=comparison,
+        accuracy_note=accuracy_note,
+        load_id=f"hf-hub:{repo}",
+        repo_hint=repo,
+        architecture=config["architecture"],
+        storage=storage,
+        settings=[(k, v) for k, v in settings.items()],
+    )
+    return str(card).rstrip() + "\n"

@@ -1,0 +1,117 @@
+"""Conv2d / Linear layers whose saved form is packed k-bit codes plus scales.
+
+In memory the weight stays an ordinary float ``nn.Parameter`` (dequantized once, at load), so inference runs at
+the float pruned model's speed and parameter counts stay true. Only the state dict differs: ``weight`` is
+replaced by ``weight_packed`` (uint8, ceil(numel * bits / 8) bytes) and ``weight_scale`` (float32, one per tensor
+or per output channel). A strict ``load_state_dict`` of such a dict rebuilds the weight exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..ops import QuantizedTensor, dequantize, pack_codes, packed_size, unpack_codes
+
+__all__ = ["QuantizedConv2d", "QuantizedLinear", "quantize_module", "is_quantized"]
+
+
+class _PackedWeightMixin:
+    """State-dict codec shared by the quantized layer classes. ``bits`` is set by ``quantize_module``."""
+
+    bits: int
+    weight: nn.Parameter
+
+    def set_codes(self, qt: QuantizedTensor) -> None:
+        """Store ``qt`` (codes shaped like the weight) and make the weight its exact dequantization."""
+        if tuple(qt.codes.shape) != tuple(self.weight.shape) or qt.bits != self.bits:
+            raise ValueError(
+                f"codes {tuple(qt.codes.shape)}@{qt.bits}b do not fit weight {tuple(self.weight.shape)}@{self.bits}b"
+            )
+        self.weight_packed = pack_codes(qt.codes, self.bits)
+        self.weight_scale = qt.scale.detach().to(torch.float32).cpu().contiguous()
+        self._refresh_weight()
+
+    def codes(self) -> QuantizedTensor:
+        n = self.weight.numel()
+        raw = unpack_codes(self.weight_packed, self.bits, n).reshape(self.weight.shape)
+        return QuantizedTensor(codes=raw, scale=self.weight_scale, bits=self.bits)
+
+    def _refresh_weight(self) -> None:
+        w = dequantize(self.codes().codes, self.weight_scale, self.bits, dtype=torch.float32)
+        if self.weight.is_meta:  # loaders that build on the meta device (transformers) never fill ``weight``
+            dtype = self.weight.dtype if self.weight.dtype.is_floating_point else torch.float32
+            self.weight = nn.Parameter(w.to(self.weight_packed.device, dtype), self.weight.requires_grad)
+            return
+        with torch.no_grad():
+            self.weight.copy_(w.to(self.weight))
+
+    def init_non_persistent_buffers(self) -> None:
+        """Called by transformers' TimmWrapper after loading: the weight is derived from the loaded codes."""
+        if not self.weight_packed.is_meta:
+            self._refresh_weight()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.is_meta and not self.weight_packed.is_meta:
+            self._refresh_weight()  # once: the first call after a meta-device load
+        return super().forward(x)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination.pop(prefix + "weight", None)
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        key_p, key_s = prefix + "weight_packed", prefix + "weight_scale"
+        packed, scale = state_dict.get(key_p), state_dict.get(key_s)
+        n = self.weight.numel()
+        if packed is not None and scale is not None:
+            need = packed_size(n, self.bits)
+            if packed.dtype != torch.uint8 or packed.shape != (need,):
+                error_msgs.append(
+                    f"{key_p}: expected {need} uint8 bytes for weight {tuple(self.weight.shape)} at "
+                    f"{self.bits} bits, got shape {tuple(packed.shape)} {packed.dtype}"
+                )
+                return
+            if scale.shape != self.weight_scale.shape:
+                error_msgs.append(f"{key_s}: expected shape {tuple(self.weight_scale.shape)}, got {tuple(scale.shape)}")
+                return
+            codes = unpack_codes(packed, self.bits, n).reshape(self.weight.shape)
+            state_dict = dict(state_dict)
+            state_dict[prefix + "weight"] = dequantize(codes, scale.to(torch.float32), self.bits)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        if prefix + "weight" in missing_keys:  # report what the file really lacks
+            missing_keys.remove(prefix + "weight")
+
+
+class QuantizedConv2d(_PackedWeightMixin, nn.Conv2d):
+    """``nn.Conv2d`` saved as packed k-bit codes; see the module docstring."""
+
+
+class QuantizedLinear(_PackedWeightMixin, nn.Linear):
+    """``nn.Linear`` saved as packed k-bit codes; see the module docstring."""
+
+
+_CLASSES = {nn.Conv2d: QuantizedConv2d, nn.Linear: QuantizedLinear}
+
+
+def is_quantized(module: nn.Module) -> bool:
+    return isinstance(module, _PackedWeightMixin)
+
+
+def quantize_module(module: nn.Module, bits: int, scale_shape: tuple[int, ...]) -> nn.Module:
+    """Turn a plain ``nn.Conv2d`` / ``nn.Linear`` into its quantized class in place (same object, same weight).
+
+    Buffers for the packed codes and the scale are created empty; fill them with ``set_codes`` or a state dict.
+    """
+    cls = _CLASSES.get(type(module))
+    if cls is None:
+        raise TypeError(f"only plain nn.Conv2d and nn.Linear can hold packed weights, got {type(module).__name__}")
+    module.__class__ = cls
+    module.bits = int(bits)
+    module.register_buffer("weight_packed", torch.zeros(packed_size(module.weight.numel(), bits), dtype=torch.uint8))
+    module.register_buffer("weight_scale", torch.ones(scale_shape, dtype=torch.float32))
+    return module

@@ -1,0 +1,226 @@
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+import yaml
+from huggingface_hub import ModelCard
+from safetensors import safe_open
+from timm.models import PretrainedCfg
+from transformers import AutoModelForImageClassification
+
+import udfc_hub
+from udfc_hub import ArtifactError, InvalidArgumentError, compress, save_pretrained
+
+
+def _logits(model, x):
+    with torch.inference_mode():
+        out = model.eval()(x)
+    return out.logits if hasattr(out, "logits") else out
+
+
+def _load_timm(path):
+    return timm.create_model(f"local-dir:{path}", pretrained=True)
+
+
+def _files(path):
+    return {name: (path / name).read_bytes() for name in sorted(os.listdir(path))}
+
+
+@pytest.fixture(scope="module")
+def cifar20():
+    return timm.create_model("cifar_resnet20").eval()
+
+
+@pytest.fixture(scope="module")
+def resnet18_result():
+    return compress(timm.create_model("resnet18").eval(), prune_ratio=0.3, bits=4)
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_round_trip_every_bit_width(cifar20, tmp_path, bits):
+    result = compress(cifar20, prune_ratio=0.3, bits=bits)
+    folder = save_pretrained(result, tmp_path / f"c20-w{bits}")
+    loaded = _load_timm(folder)
+    x = torch.randn(4, 3, 32, 32)
+    assert (_logits(loaded, x) - _logits(result.model, x)).abs().max() <= 1e-5
+    for name, qt in result.quantized.items():
+        assert torch.equal(loaded.get_submodule(name).weight, qt.dequantize())
+
+
+@pytest.mark.parametrize("ratio,bits", [(0.4, None), (0.0, 5)])
+def test_round_trip_prune_only_and_quantize_only(cifar20, tmp_path, ratio, bits):
+    result = compress(cifar20, prune_ratio=ratio, bits=bits)
+    loaded = _load_timm(save_pretrained(result, tmp_path / "m"))
+    x = torch.randn(4, 3, 32, 32)
+    assert (_logits(loaded, x) - _logits(result.model, x)).abs().max() <= 1e-5
+    assert sum(p.numel() for p in loaded.parameters()) == result.report.after.params
+
+
+def test_timm_and_transformers_load_identical_logits(resnet18_result, tmp_path):
+    folder = save_pretrained(resnet18_result, tmp_path / "r18")
+    x = torch.randn(2, 3, 96, 96)
+    ref = _logits(resnet18_result.model, x)
+    assert (_logits(_load_timm(folder), x) - ref).abs().max() <= 1e-5
+    hf = AutoModelForImageClassification.from_pretrained(folder)
+    assert type(hf).__name__ == "TimmWrapperForImageClassification"
+    assert (_logits(hf, x) - ref).abs().max() <= 1e-5
+
+
+def test_file_is_packed_and_small(resnet18_result, tmp_path):
+    folder = save_pretrained(resnet18_result, tmp_path / "r18")
+    path = folder / "model.safetensors"
+    quantized = sum(qt.codes.numel() for qt in resnet18_result.quantized.values())
+    floats = 0
+    with safe_open(path, "pt") as f:
+        assert f.metadata()["udfc_format"] == "udfc-packed" and f.metadata()["udfc_format_version"] == "1"
+        for key in f.keys():  # noqa: SIM118  (safe_open is not a mapping)
+            t = f.get_slice(key)
+            if key.endswith("weight_packed"):
+                assert t.get_dtype() == "U8"
+            elif t.get_dtype() in ("F32",):
+                floats += int(torch.tensor(t.get_shape()).prod()) if t.get_shape() else 1
+            assert not key.endswith(".weight") or "bn" in key or "downsample.1" in key
+    header = struct.unpack("<Q", path.read_bytes()[:8])[0]
+    body = path.stat().st_size - 8 - header
+    assert body <= 1.05 * (quantized * 4 / 8 + 4 * floats)
+    assert header < 64 * 1024
+    # about an eighth of the float32 pruned model
+    assert path.stat().st_size < 0.2 * 4 * resnet18_result.report.after.params
+
+
+def test_config_json_layout(resnet18_result, tmp_path):
+    config = json.loads((save_pretrained(resnet18_result, tmp_path / "r18") / "config.json").read_text())
+    assert config["architecture"] == "udfc_resnet18"
+    assert config["num_classes"] == 1000 and config["num_features"] == 512 and config["global_pool"] == "avg"
+    assert "num_classes" not in config["model_args"]
+    assert config["model_args"]["base_architecture"] == "resnet18" and config["model_args"]["bits"] == 4
+    assert config["model_args"]["channels"]["layer1.0.conv1"] == 44
+    PretrainedCfg(**config["pretrained_cfg"])  # no custom keys: timm would raise TypeError
+    assert config["pretrained_cfg"]["license"] == "apache-2.0"
+    udfc = config["udfc"]
+    assert udfc["format_version"] == 1 and udfc["udfc_hub_version"] == udfc_hub.__version__
+    assert udfc["base_model"] == "timm/resnet18.a1_in1k" and udfc["compression"]["prune_ratio"] == 0.3
+
+
+def test_card_metadata_and_body(resnet18_result, tmp_path):
+    folder = save_pretrained(resnet18_result, tmp_path / "r18", repo_id="me/r18-udfc")
+    text = (folder / "README.md").read_text()
+    meta = yaml.safe_load(text.split("---")[1])
+    assert meta["library_name"] == "timm" and meta["pipeline_tag"] == "image-classification"
+    assert meta["base_model"] == "timm/resnet18.a1_in1k" and meta["base_model_relation"] == "quantized"
+    assert meta["license"] == "apache-2.0"
+    assert {"udfc", "data-free", "pruned", "quantized", "4-bit"} <= set(meta["tags"])
+    assert "model-index" not in meta  # nothing was measured
+    assert 'timm.create_model("hf-hub:me/r18-udfc", pretrained=True)' in text
+    assert text.index("import udfc_hub") < text.index("timm.create_model")
+    assert "Unknown model (udfc_resnet18)" in text and "bai2023udfc" in text
+    assert "| parameters | 11.69 M | 8.38 M |" in text
+    ModelCard.load(folder / "README.md")  # parses
+
+
+def test_card_has_model_index_only_for_measured_accuracy(resnet18_result, tmp_path):
+    acc = {"dataset": "ImageNet sample", "top1": 61.5, "base_top1": 70.1, "n": 1000}
+    folder = save_pretrained(resnet18_result, tmp_path / "r18", accuracy=acc)
+    meta = yaml.safe_load((folder / "README.md").read_text().split("---")[1])
+    results = meta["model-index"][0]["results"]
+    assert results[0]["metrics"][0]["value"] == 61.5 and len(results[0]["metrics"]) == 1
+    assert "| top-1 % | 70.10 | 61.50 |" in (folder / "README.md").read_text()
+    with pytest.raises(InvalidArgumentError, match="top1"):
+        save_pretrained(resnet18_result, tmp_path / "bad", accuracy={"top-1": 61.5})
+
+
+def test_writes_are_deterministic_and_resave_reproduces(cifar20, tmp_path):
+    result = compress(cifar20, prune_ratio=0.3, bits=6)
+    a = save_pretrained(result, tmp_path / "a" / "m")  # the folder name titles the card: keep it equal
+    b = save_pretrained(result, tmp_path / "b" / "m")
+    assert _files(a) == _files(b)
+    c = save_pretrained(_load_timm(a), tmp_path / "c" / "m")
+    assert _files(c) == _files(a)
+
+
+def test_refuses_non_empty_target_and_overwrites_atomically(cifar20, tmp_path, monkeypatch):
+    result = compress(cifar20, prune_ratio=0.3, bits=6)
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "keep.txt").write_text("user file")
+    with pytest.raises(InvalidArgumentError, match="not empty"):
+        save_pretrained(result, target)
+    assert (target / "keep.txt").read_text() == "user file"
+
+    def boom(**kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(udfc_hub.hub.artifact, "render_card", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_pretrained(result, target, overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == ["out"] and (target / "keep.txt").exists()  # nothing half-written
+    monkeypatch.undo()
+    save_pretrained(result, target, overwrite=True)
+    assert sorted(os.listdir(target)) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+@pytest.fixture()
+def saved(cifar20, tmp_path):
+    return save_pretrained(compress(cifar20, prune_ratio=0.3, bits=4), tmp_path / "m")
+
+
+def test_unknown_format_version(saved):
+    config = json.loads((saved / "config.json").read_text())
+    config["model_args"]["format_version"] = 99
+    config["udfc"]["format_version"] = 99
+    (saved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ArtifactError, match="format version 99.*pip install -U udfc-hub"):
+        _load_timm(saved)
+    with pytest.raises(ArtifactError, match="version 99"):
+        udfc_hub.check_artifact(saved)
+
+
+def test_missing_weights(saved):
+    (saved / "model.safetensors").unlink()
+    with pytest.raises(ArtifactError, match="model.safetensors"):
+        _load_timm(saved)
+    with pytest.raises(ArtifactError, match="missing"):
+        udfc_hub.check_artifact(saved)
+
+
+def test_truncated_weights(saved):
+    data = (saved / "model.safetensors").read_bytes()
+    (saved / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArtifactError, match="truncated or corrupt"):
+        _load_timm(saved)
+    with pytest.raises(ArtifactError, match="truncated or corrupt"):
+        udfc_hub.check_artifact(saved)
+
+
+def test_corrupt_weights(saved):
+    (saved / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(ArtifactError, match="truncated or corrupt"):
+        _load_timm(saved)
+
+
+def test_shapes_that_disagree_with_config(saved):
+    config = json.loads((saved / "config.json").read_text())
+    config["model_args"]["channels"]["layer1.0.conv1"] = 10  # the file holds 11
+    (saved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ArtifactError, match="disagree with config.json"):
+        _load_timm(saved)
+    with pytest.raises(ArtifactError, match="layer1.0.conv1"):
+        udfc_hub.check_artifact(saved)
+
+
+def test_without_import_udfc_hub_timm_fails_loudly(saved):
+    code = f"import timm; timm.create_model('local-dir:{saved}', pretrained=True)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "Unknown model (udfc_cifar_resnet20)" in proc.stderr
+
+
+def test_save_rejects_other_objects(tmp_path):
+    with pytest.raises(InvalidArgumentError, match="result of udfc_hub.compress"):
+        save_pretrained(timm.create_model("resnet18"), tmp_path / "x")
