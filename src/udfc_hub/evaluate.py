@@ -1,0 +1,178 @@
+"""Top-1 / top-5 accuracy of a model on real images, and top-1 agreement with a reference model.
+
+Accepted ``data``: an ``.npz`` with ``x`` uint8 (N, H, W, 3) RGB and ``y`` int labels; a folder with a
+``labels.tsv`` (columns ``file`` and ``class_index``; files beside it or in ``images/``); or an ImageFolder tree
+(one sub-folder per class, classes sorted by name). Preprocessing is the model's own timm data config (resize,
+crop, interpolation, mean, std); ``data_config`` overrides any of its keys.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from .errors import InvalidArgumentError
+
+__all__ = ["evaluate", "load_eval_data"]
+
+_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm")
+_ACCEPTED = (
+    "an .npz with x (N, H, W, 3) uint8 and y labels, a folder with labels.tsv (file, class_index), "
+    "or an ImageFolder tree (one sub-folder per class)"
+)
+
+
+class EvalData:
+    """Images (a uint8 array or file paths) with integer labels, and a short name for reports."""
+
+    def __init__(self, name: str, labels: np.ndarray, array: np.ndarray | None = None, files: list[Path] | None = None):
+        self.name, self.labels, self.array, self.files = name, labels, array, files
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, i: int) -> Image.Image:
+        if self.array is not None:
+            return Image.fromarray(self.array[i])
+        with Image.open(self.files[i]) as img:
+            return img.convert("RGB")
+
+
+def load_eval_data(data: str | os.PathLike) -> EvalData:
+    """Read ``data`` (see the module docstring) without decoding any image yet."""
+    path = Path(data)
+    if not path.exists():
+        raise InvalidArgumentError(f"data path {path} does not exist; accepted: {_ACCEPTED}.")
+    if path.is_file():
+        if path.suffix != ".npz":
+            raise InvalidArgumentError(f"data file {path} is not an .npz; accepted: {_ACCEPTED}.")
+        with np.load(path) as npz:
+            if "x" not in npz or "y" not in npz:
+                raise InvalidArgumentError(f"{path} lacks arrays 'x' and 'y' (has {sorted(npz.files)}).")
+            x, y = npz["x"], npz["y"]
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3 or len(x) != len(y):
+            raise InvalidArgumentError(
+                f"{path}: x must be uint8 (N, H, W, 3) with one label per image; got x {x.dtype} {x.shape}, "
+                f"y {y.shape}."
+            )
+        return EvalData(path.stem, y.astype(np.int64), array=x)
+    tsv = path / "labels.tsv"
+    if tsv.is_file():
+        files, labels = [], []
+        with tsv.open(newline="") as f:
+            reader = csv.DictReader(f, delimiter="\t")
+            if not reader.fieldnames or not {"file", "class_index"} <= set(reader.fieldnames):
+                raise InvalidArgumentError(f"{tsv} needs the columns 'file' and 'class_index'.")
+            for row in reader:
+                candidates = (path / row["file"], path / "images" / row["file"])
+                found = next((c for c in candidates if c.is_file()), None)
+                if found is None:
+                    raise InvalidArgumentError(
+                        f"{tsv} lists {row['file']}, which is neither in {path} nor in {path / 'images'}."
+                    )
+                files.append(found)
+                labels.append(int(row["class_index"]))
+        return EvalData(path.name, np.asarray(labels, dtype=np.int64), files=files)
+    classes = sorted(d.name for d in path.iterdir() if d.is_dir())
+    files, labels = [], []
+    for idx, cls in enumerate(classes):
+        for f in sorted((path / cls).iterdir()):
+            if f.suffix.lower() in _IMAGE_EXTS:
+                files.append(f)
+                labels.append(idx)
+    if not files:
+        raise InvalidArgumentError(
+            f"{path} has no labels.tsv and no class sub-folders with images; accepted: {_ACCEPTED}."
+        )
+    return EvalData(path.name, np.asarray(labels, dtype=np.int64), files=files)
+
+
+def _transform(model: nn.Module, data_config: dict[str, Any] | None):
+    import timm.data
+
+    cfg = timm.data.resolve_data_config(dict(data_config or {}), model=model)
+    return timm.data.create_transform(**cfg), cfg
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    data: str | os.PathLike | EvalData,
+    batch_size: int = 64,
+    reference: nn.Module | None = None,
+    *,
+    data_config: dict[str, Any] | None = None,
+    limit: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Top-1 and top-5 accuracy (%) of ``model`` on ``data``; with ``reference``, top-1 agreement (%) too.
+
+    Returns ``{"top1", "top5", "n", "agreement", "dataset"}`` (``agreement`` is None without a reference).
+    Deterministic: eval mode, fixed order, no augmentation.
+
+    Example:
+        >>> udfc_hub.evaluate(model, "imagenet_sample/", reference=base)  # doctest: +SKIP
+        {'top1': 84.1, 'top5': 96.0, 'n': 1000, 'agreement': 91.3, 'dataset': 'imagenet_sample'}
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    ds = data if isinstance(data, EvalData) else load_eval_data(data)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    transform, cfg = _transform(model, data_config)
+    model.eval()
+    if reference is not None:
+        reference.eval()
+    num_classes = getattr(model, "num_classes", None)
+    labels = torch.from_numpy(ds.labels[:n])
+    if n and num_classes and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise InvalidArgumentError(
+            f"labels of {ds.name} range over {int(labels.min())}..{int(labels.max())}, outside the model's "
+            f"{num_classes} classes (0..{num_classes - 1})."
+        )
+    batches = range(0, n, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="evaluating", unit="batch")
+    top1 = top5 = agree = 0
+    fast = (
+        ds.array is not None
+        and tuple(ds.array.shape[1:3]) == tuple(cfg["input_size"][1:])
+        and cfg.get("crop_pct", 1.0) == 1.0
+    )
+    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+    for start in batches:
+        idx = range(start, min(start + batch_size, n))
+        if fast:  # already at the model's input size: resize and crop are identities
+            x = torch.from_numpy(ds.array[start : idx.stop]).permute(0, 3, 1, 2).float().div_(255)
+            x = (x - mean) / std
+        else:
+            x = torch.stack([transform(ds.image(i)) for i in idx])
+        y = labels[start : idx.stop]
+        logits = _logits(model(x))
+        k = min(5, logits.shape[1])
+        pred = logits.topk(k, dim=1).indices
+        top1 += int((pred[:, 0] == y).sum())
+        top5 += int((pred == y[:, None]).any(dim=1).sum())
+        if reference is not None:
+            agree += int((_logits(reference(x)).argmax(1) == pred[:, 0]).sum())
+    pct = (lambda v: round(100.0 * v / n, 2)) if n else (lambda v: float("nan"))
+    return {
+        "top1": pct(top1),
+        "top5": pct(top5),
+        "n": n,
+        "agreement": pct(agree) if reference is not None else None,
+        "dataset": ds.name,
+    }
+
+
+def _logits(out: Any) -> torch.Tensor:
+    return out.logits if hasattr(out, "logits") else out
