@@ -10,8 +10,10 @@ from importlib.metadata import PackageNotFoundError, version
 from . import models  # noqa: F401  (registers cifar_resnet* with timm)
 from .adapters import ChannelGroup, Consumer, Layer, ModelSpec, describe_model, register_adapter
 from .engine import METHODS, CompressionReport, CompressionResult, LayerReport, compress
-from .errors import ArtifactError, InvalidArgumentError, UdfcError, UnsupportedModelError
+from .errors import ArtifactError, InvalidArgumentError, PublishError, UdfcError, UnsupportedModelError
+from .evaluate import evaluate
 from .hub import check_artifact, pack_model, save_pretrained
+from .hub.publish import compress_and_push, load_model, push
 from .profile import ModelStats, profile_model
 
 try:
@@ -31,14 +33,19 @@ __all__ = [
     "LayerReport",
     "ModelSpec",
     "ModelStats",
+    "PublishError",
     "UdfcError",
     "UnsupportedModelError",
     "__version__",
     "check_artifact",
     "compress",
+    "compress_and_push",
     "describe_model",
+    "evaluate",
+    "load_model",
     "pack_model",
     "profile_model",
+    "push",
     "register_adapter",
     "save_pretrained",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["UdfcError", "InvalidArgumentError", "UnsupportedModelError", "ArtifactError"]
+__all__ = ["UdfcError", "InvalidArgumentError", "UnsupportedModelError", "ArtifactError", "PublishError"]
 
 
 class UdfcError(Exception):
@@ -19,3 +19,16 @@ class UnsupportedModelError(UdfcError, TypeError):
 
 class ArtifactError(UdfcError):
     """A saved artifact (config.json, model.safetensors) is missing, corrupt or inconsistent."""
+
+
+class PublishError(UdfcError):
+    """Publishing to the Hub failed. ``local_path`` is the saved folder, which is kept for a retry."""
+
+    def __init__(self, message: str, local_path=None):
+        self.local_path = local_path
+        if local_path is not None:
+            message = (
+                f"{message}. The compressed model is saved at {local_path}; "
+                f"retry with udfc_hub.push('{local_path}', ...)."
+            )
+        super().__init__(message)
