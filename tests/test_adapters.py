@@ -115,3 +115,20 @@ def test_cifar_checkpoints_load_through_timm(depth, expected):
     assert state["best_prec1"] == pytest.approx(expected, abs=0.01)
     first = state["state_dict"]["module.conv1.weight"]
     assert torch.equal(model.conv1.weight, first)
+
+
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "efficientnet_b0", "mobilenetv2_100"])
+def test_efficientnet_family_quantizes_everything_and_prunes_the_head(name, tmp_path):
+    model = timm.create_model(name).eval()
+    spec = describe_model(model)
+    _check_spec(model, spec)
+    assert [g.producer.name for g in spec.groups] == ["conv_head"] and spec.notes
+    result = udfc_hub.compress(model, prune_ratio=0.25, bits=6)
+    assert result.model.conv_head.out_channels == 960 and result.model.classifier.in_features == 960
+    # depthwise-coupled expansion channels are left alone
+    assert [r.name for r in result.report.pruned_layers] == ["conv_head"]
+    assert all(r.correction in ("norm", "rows") for r in result.report.layers)
+    loaded = timm.create_model(f"local-dir:{udfc_hub.save_pretrained(result, tmp_path / 'm')}", pretrained=True)
+    x = torch.randn(1, 3, 96, 96)
+    with torch.inference_mode():
+        assert (loaded.eval()(x) - result.model(x)).abs().max() <= 1e-5

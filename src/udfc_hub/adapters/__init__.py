@@ -7,6 +7,7 @@ import torch.nn as nn
 from ..errors import UnsupportedModelError
 from .base import Adapter, ChannelGroup, Consumer, Layer, ModelSpec, conv_norm_pairs
 from .cifar_resnet import CifarResNetAdapter
+from .efficientnet import TimmEfficientNetAdapter
 from .resnet import TimmResNetAdapter
 
 __all__ = [
@@ -21,7 +22,7 @@ __all__ = [
     "register_adapter",
 ]
 
-ADAPTERS: list[Adapter] = [TimmResNetAdapter(), CifarResNetAdapter()]
+ADAPTERS: list[Adapter] = [TimmResNetAdapter(), CifarResNetAdapter(), TimmEfficientNetAdapter()]
 
 
 def register_adapter(adapter: Adapter) -> Adapter:

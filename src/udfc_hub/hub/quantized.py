@@ -95,7 +95,14 @@ class QuantizedLinear(_PackedWeightMixin, nn.Linear):
     """``nn.Linear`` saved as packed k-bit codes; see the module docstring."""
 
 
-_CLASSES = {nn.Conv2d: QuantizedConv2d, nn.Linear: QuantizedLinear}
+_CLASSES: dict[type, type] = {nn.Conv2d: QuantizedConv2d, nn.Linear: QuantizedLinear}
+
+
+def _quantized_class(cls: type) -> type | None:
+    """The packed-weight twin of a conv/linear class; subclasses (timm's Conv2dSame, ...) get one made once."""
+    if cls not in _CLASSES and issubclass(cls, (nn.Conv2d, nn.Linear)) and not issubclass(cls, _PackedWeightMixin):
+        _CLASSES[cls] = type(f"Quantized{cls.__name__}", (_PackedWeightMixin, cls), {"__module__": __name__})
+    return _CLASSES.get(cls)
 
 
 def is_quantized(module: nn.Module) -> bool:
@@ -103,13 +110,15 @@ def is_quantized(module: nn.Module) -> bool:
 
 
 def quantize_module(module: nn.Module, bits: int, scale_shape: tuple[int, ...]) -> nn.Module:
-    """Turn a plain ``nn.Conv2d`` / ``nn.Linear`` into its quantized class in place (same object, same weight).
+    """Turn an ``nn.Conv2d`` / ``nn.Linear`` into its quantized class in place (same object, same weight).
 
     Buffers for the packed codes and the scale are created empty; fill them with ``set_codes`` or a state dict.
     """
-    cls = _CLASSES.get(type(module))
+    cls = _quantized_class(type(module))
     if cls is None:
-        raise TypeError(f"only plain nn.Conv2d and nn.Linear can hold packed weights, got {type(module).__name__}")
+        raise TypeError(
+            f"only nn.Conv2d and nn.Linear (and their subclasses) hold packed weights, got {type(module).__name__}"
+        )
     module.__class__ = cls
     module.bits = int(bits)
     module.register_buffer("weight_packed", torch.zeros(packed_size(module.weight.numel(), bits), dtype=torch.uint8))
