@@ -11,7 +11,7 @@ from . import models  # noqa: F401  (registers cifar_resnet* with timm)
 from .adapters import ChannelGroup, Consumer, Layer, ModelSpec, describe_model, register_adapter
 from .engine import METHODS, CompressionReport, CompressionResult, LayerReport, compress
 from .errors import ArtifactError, InvalidArgumentError, PublishError, UdfcError, UnsupportedModelError
-from .evaluate import evaluate
+from .evaluation import evaluate
 from .hub import check_artifact, pack_model, save_pretrained
 from .hub.publish import compress_and_push, load_model, push
 from .profile import ModelStats, profile_model

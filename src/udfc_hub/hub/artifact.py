@@ -33,6 +33,7 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "save_pretrained", "pack_model", "read_co
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
+_METADATA = {"format": "pt", "udfc_format": FORMAT, "udfc_format_version": str(FORMAT_VERSION)}
 
 
 def pack_model(result: CompressionResult, base_model: str | None = None) -> nn.Module:
@@ -104,12 +105,11 @@ def save_pretrained(
         args["provenance"]["accuracy"] = _check_accuracy(accuracy)
     config = _config(model, args)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    metadata = {"format": "pt", "udfc_format": FORMAT, "udfc_format_version": str(FORMAT_VERSION)}
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        (tmp / WEIGHTS_NAME).write_bytes(_serialize(state, metadata))
+        (tmp / WEIGHTS_NAME).write_bytes(_serialize(state, _METADATA))
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         card = render_card(
             config=config,
@@ -139,6 +139,12 @@ def _packed(result, base_model: str | None) -> nn.Module:
         f"save_pretrained takes the result of udfc_hub.compress or a model loaded from a udfc_hub folder, got "
         f"{type(result).__name__}."
     )
+
+
+def artifact_size(result: CompressionResult) -> int:
+    """Bytes that ``model.safetensors`` of ``result`` would take, computed in memory."""
+    state = {k: v.detach().cpu().contiguous() for k, v in pack_model(result).state_dict().items()}
+    return len(_serialize(state, _METADATA))
 
 
 def _serialize(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:

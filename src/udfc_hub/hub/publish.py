@@ -116,11 +116,13 @@ def _describe(e: Exception, endpoint: str, repo_id: str) -> str:
     return f"could not reach the Hub at {endpoint} to publish {repo_id} ({type(e).__name__}: {str(e)[:200]})"
 
 
-def load_model(source: str | nn.Module, checkpoint: str | os.PathLike | None = None) -> nn.Module:
+def load_model(
+    source: str | nn.Module, checkpoint: str | os.PathLike | None = None, pretrained: bool = True
+) -> nn.Module:
     """A model from a timm name (``resnet34`` or ``resnet34.a1_in1k``), ``hf-hub:``/``local-dir:`` source, or module.
 
     Names load their pretrained weights through timm (from the Hub, or its cache); with ``checkpoint`` the weights
-    come from that local file instead (timm's ``checkpoint_path``).
+    come from that local file instead (timm's ``checkpoint_path``); ``pretrained=False`` gives random weights.
     """
     import timm
 
@@ -130,9 +132,9 @@ def load_model(source: str | nn.Module, checkpoint: str | os.PathLike | None = N
         raise InvalidArgumentError(
             f"model must be a timm model name, an hf-hub:/local-dir: source or an nn.Module, got {source!r}."
         )
-    arch = source.split(":", 1)[-1] if source.startswith(("hf-hub:", "local-dir:")) else source.split(".")[0]
-    if not source.startswith(("hf-hub:", "local-dir:")) and not timm.is_model(arch):
-        close = timm.list_models(f"*{arch}*")[:8]
+    hub_source = source.startswith(("hf-hub:", "local-dir:"))
+    if not hub_source and not timm.is_model(source.split(".")[0]):
+        close = timm.list_models(f"*{source.split('.')[0]}*")[:8]
         hint = f" Did you mean one of: {', '.join(close)}?" if close else " See timm.list_models()."
         raise InvalidArgumentError(f"unknown timm model {source!r}.{hint}")
     if checkpoint is not None:
@@ -144,7 +146,17 @@ def load_model(source: str | nn.Module, checkpoint: str | os.PathLike | None = N
             raise InvalidArgumentError(
                 f"could not load checkpoint {checkpoint} into {source}: {type(e).__name__}: {str(e)[:300]}"
             ) from e
-    return timm.create_model(source, pretrained=True).eval()
+    if not pretrained and not hub_source:
+        return timm.create_model(source, pretrained=False).eval()
+    try:
+        return timm.create_model(source, pretrained=True).eval()
+    except UdfcError:
+        raise
+    except Exception as e:  # network, missing weights, or a corrupt cache: say so in one line
+        raise UdfcError(
+            f"could not load pretrained weights for {source} ({type(e).__name__}: {str(e)[:300]}). Without network, "
+            "give a local file (--checkpoint / checkpoint=) or a local-dir: folder."
+        ) from e
 
 
 def compress_and_push(
@@ -176,7 +188,7 @@ def compress_and_push(
         >>> udfc_hub.compress_and_push("resnet34", "me/resnet34-udfc-p30-w6", prune_ratio=0.3, bits=6)  # doctest: +SKIP
     """
     from ..engine import compress
-    from ..evaluate import evaluate
+    from ..evaluation import evaluate
 
     _check_repo_id(repo_id)
     tok = resolve_token(token)  # before any compression work

