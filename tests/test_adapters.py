@@ -31,7 +31,7 @@ def _check_spec(model, spec):
             assert isinstance(modules[layer.norm], nn.BatchNorm2d)
             assert modules[layer.norm].num_features == modules[layer.name].weight.shape[0]
     for g in spec.groups:
-        assert g.producer in spec.layers and g.producer.norm is not None
+        assert g.producer in spec.layers
         for c in g.consumers:
             assert modules[c.name].weight.shape[c.dim] == modules[g.producer.name].weight.shape[0]
 
@@ -42,6 +42,7 @@ def test_timm_resnet_spec(name, blocks, per_block):
     spec = describe_model(model)
     _check_spec(model, spec)
     assert len(spec.groups) == blocks * per_block
+    assert all(g.producer.norm is not None for g in spec.groups)
     # only inner channels are prunable: never a block's last conv, the stem or a downsample
     producers = {g.producer.name for g in spec.groups}
     assert not any(p.endswith(("conv3", "downsample.0", "downsample.1")) or "." not in p for p in producers)
@@ -132,3 +133,45 @@ def test_efficientnet_family_quantizes_everything_and_prunes_the_head(name, tmp_
     x = torch.randn(1, 3, 96, 96)
     with torch.inference_mode():
         assert (loaded.eval()(x) - result.model(x)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "name,size,groups,first",
+    [
+        ("vgg11_bn", 64, 8, "features.0"),
+        ("convnext_atto", 64, 12, "stages.0.blocks.0.mlp.fc1"),
+        ("vit_tiny_patch16_224", 224, 12, "blocks.0.mlp.fc1"),
+        ("deit_tiny_patch16_224", 224, 12, "blocks.0.mlp.fc1"),
+    ],
+)
+def test_vgg_convnext_vit_prune_compensate_and_round_trip(name, size, groups, first, tmp_path):
+    model = timm.create_model(name).eval()
+    spec = describe_model(model)
+    _check_spec(model, spec)
+    assert len(spec.groups) == groups and spec.groups[0].producer.name == first
+    result = udfc_hub.compress(model, prune_ratio=0.3, bits=5, input_size=(3, size, size))
+    producer = result.model.get_submodule(first)
+    assert producer.weight.shape[0] == int(0.7 * model.get_submodule(first).weight.shape[0])
+    assert result.report.after.params < result.report.before.params
+    folder = udfc_hub.save_pretrained(result, tmp_path / "m")
+    loaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    x = torch.randn(1, 3, size, size)
+    with torch.inference_mode():
+        assert (loaded(x) - result.model(x)).abs().max() <= 1e-5
+
+
+def test_mlp_compensation_is_exact_for_redundant_hidden_units():
+    """fc1 -> fc2 with no nonlinearity in between: duplicated hidden units are merged without any change."""
+    model = timm.create_model("vit_tiny_patch16_224").eval()
+    mlp = model.blocks[0].mlp
+    mlp.act = torch.nn.Identity()  # the algebra is exact without the GELU
+    with torch.no_grad():
+        half = mlp.fc1.out_features // 2
+        mlp.fc1.weight[half:] = 2 * mlp.fc1.weight[:half]  # the second half doubles the first
+        mlp.fc1.bias[half:] = 2 * mlp.fc1.bias[:half]
+        mlp.fc1.weight[:half] *= 10  # make the originals the larger (kept) filters
+        mlp.fc1.bias[:half] *= 10
+    result = udfc_hub.compress(model, prune_ratio=0.5, bits=None)
+    x = torch.randn(2, 197, 192)
+    with torch.inference_mode():
+        assert (result.model.blocks[0].mlp(x) - mlp(x)).abs().max() < 1e-3

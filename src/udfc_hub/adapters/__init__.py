@@ -9,6 +9,8 @@ from .base import Adapter, ChannelGroup, Consumer, Layer, ModelSpec, conv_norm_p
 from .cifar_resnet import CifarResNetAdapter
 from .efficientnet import TimmEfficientNetAdapter
 from .resnet import TimmResNetAdapter
+from .transformer_mlp import TimmConvNeXtAdapter, TimmViTAdapter
+from .vgg import TimmVGGAdapter
 
 __all__ = [
     "ADAPTERS",
@@ -22,7 +24,14 @@ __all__ = [
     "register_adapter",
 ]
 
-ADAPTERS: list[Adapter] = [TimmResNetAdapter(), CifarResNetAdapter(), TimmEfficientNetAdapter()]
+ADAPTERS: list[Adapter] = [
+    TimmResNetAdapter(),
+    CifarResNetAdapter(),
+    TimmEfficientNetAdapter(),
+    TimmVGGAdapter(),
+    TimmConvNeXtAdapter(),
+    TimmViTAdapter(),
+]
 
 
 def register_adapter(adapter: Adapter) -> Adapter:

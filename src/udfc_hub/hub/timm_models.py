@@ -25,7 +25,7 @@ __all__ = ["PREFIX", "build_skeleton", "register_compressed", "udfc_name"]
 
 PREFIX = "udfc_"
 # timm modules whose models udfc_hub can compress: every one of their names gets a udfc_ twin
-_BASE_MODULES = ("resnet", "cifar_resnet", "efficientnet")
+_BASE_MODULES = ("resnet", "cifar_resnet", "efficientnet", "vgg", "convnext", "vision_transformer")
 
 default_cfgs: dict[str, dict[str, Any]] = {}
 
