@@ -19,8 +19,10 @@ def _mlp_spec(model: nn.Module, family: str) -> ModelSpec:
     groups = tuple(
         ChannelGroup(Layer(f"{n}.fc1"), (Consumer(f"{n}.fc2"),), scale_commutes=False)
         for n, m in model.named_modules()
-        if n.endswith("mlp") and isinstance(getattr(m, "fc1", None), (nn.Linear, nn.Conv2d))
-        and isinstance(getattr(m, "fc2", None), (nn.Linear, nn.Conv2d)) and isinstance(m.norm, nn.Identity)
+        if n.endswith("mlp")
+        and isinstance(getattr(m, "fc1", None), (nn.Linear, nn.Conv2d))
+        and isinstance(getattr(m, "fc2", None), (nn.Linear, nn.Conv2d))
+        and isinstance(m.norm, nn.Identity)
     )
     return ModelSpec(family=family, layers=layers, groups=groups)
 
