@@ -21,7 +21,7 @@ from pathlib import Path
 import timm
 
 import udfc_hub
-from udfc_hub.evaluation import load_eval_data
+from udfc_hub.evaluation import load_eval_data, predict
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("UDFC_FIXTURES", REPO.parent / "shared" / "fixtures"))
@@ -101,7 +101,9 @@ def main(argv=None) -> None:
     for name in args.models:
         ckpt = FIXTURES / "weights" / "akamaster_resnet_cifar10" / CHECKPOINTS[name]
         model = timm.create_model(name, checkpoint_path=str(ckpt)).eval()
-        fp = udfc_hub.evaluate(model, data, batch_size=500, limit=args.limit)
+        subset = data.subset(args.limit) if args.limit else data
+        fp_pred = predict(model, subset, batch_size=500)  # the reference for every agreement below
+        fp = udfc_hub.evaluate(model, subset, batch_size=500)
         rows.append(_row(name, "fp", None, 0.0, None, fp, 0.0))
         print(f"{name}: FP top-1 {fp['top1']:.2f} on {fp['n']} images", flush=True)
         for section in args.sections:
@@ -109,7 +111,7 @@ def main(argv=None) -> None:
                 t0 = time.perf_counter()
                 result = udfc_hub.compress(model, prune_ratio=ratio, bits=bits, method=method, criterion=crit)
                 secs = time.perf_counter() - t0
-                res = udfc_hub.evaluate(result.model, data, batch_size=500, reference=model, limit=args.limit)
+                res = udfc_hub.evaluate(result.model, subset, batch_size=500, reference=fp_pred)
                 rows.append(_row(name, method, crit, ratio, bits, res, secs, section))
                 print(
                     f"  {section:5} {method:>5} {crit} ratio={ratio} bits={bits}: top-1 {res['top1']:.2f} "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import udfc_hub
 from udfc_hub.demo_weights import load_efficientnet_lite0
-from udfc_hub.evaluation import load_eval_data
+from udfc_hub.evaluation import load_eval_data, predict
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("UDFC_FIXTURES", REPO.parent / "shared" / "fixtures"))
@@ -37,7 +37,9 @@ def main(argv=None) -> None:
         sys.exit(f"fixture missing: {folder} (set UDFC_FIXTURES)")
     data = load_eval_data(folder)
     model = load_efficientnet_lite0()
-    fp = udfc_hub.evaluate(model, data, batch_size=50, limit=args.limit)
+    data = data.subset(args.limit) if args.limit else data
+    fp_pred = predict(model, data, batch_size=50)  # the reference for every agreement below
+    fp = udfc_hub.evaluate(model, data, batch_size=50)
     print(f"tf_efficientnet_lite0 FP: top-1 {fp['top1']:.2f}, top-5 {fp['top5']:.2f} on {fp['n']} images", flush=True)
     rows = [
         {
@@ -55,7 +57,7 @@ def main(argv=None) -> None:
                 t0 = time.perf_counter()
                 result = udfc_hub.compress(model, prune_ratio=0.0, bits=bits, method=method, granularity=gran)
                 secs = time.perf_counter() - t0
-                res = udfc_hub.evaluate(result.model, data, batch_size=50, reference=model, limit=args.limit)
+                res = udfc_hub.evaluate(result.model, data, batch_size=50, reference=fp_pred)
                 rows.append(
                     {
                         "model": "tf_efficientnet_lite0",

@@ -20,7 +20,7 @@ from PIL import Image
 
 from .errors import InvalidArgumentError
 
-__all__ = ["evaluate", "load_eval_data"]
+__all__ = ["evaluate", "predict", "load_eval_data"]
 
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm")
 _ACCEPTED = (
@@ -113,12 +113,59 @@ def _transform(model: nn.Module, data_config: dict[str, Any] | None):
     return timm.data.create_transform(**cfg), cfg
 
 
+def _resolve(data: str | os.PathLike | EvalData, limit: int | None) -> EvalData:
+    ds = data if isinstance(data, EvalData) else load_eval_data(data)
+    if limit is not None:
+        if not isinstance(limit, int) or limit < 1:
+            raise InvalidArgumentError(f"limit must be a positive integer, got {limit!r}.")
+        ds = ds.subset(limit)
+    return ds
+
+
 @torch.inference_mode()
+def predict(
+    model: nn.Module,
+    data: str | os.PathLike | EvalData,
+    batch_size: int = 64,
+    *,
+    data_config: dict[str, Any] | None = None,
+    limit: int | None = None,
+    progress: bool = False,
+    k: int = 5,
+) -> torch.Tensor:
+    """The top-``k`` class indices (n, k) of ``model`` on ``data``, preprocessed with its timm data config."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    ds = _resolve(data, limit)
+    transform, cfg = _transform(model, data_config)
+    model.eval()
+    fast = ds.array is not None and tuple(ds.array.shape[1:3]) == tuple(cfg["input_size"][1:])
+    fast = fast and cfg.get("crop_pct", 1.0) == 1.0
+    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+    batches = range(0, len(ds), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="evaluating", unit="batch")
+    out = []
+    for start in batches:
+        stop = min(start + batch_size, len(ds))
+        if fast:  # already at the model's input size: resize and crop are identities
+            x = torch.from_numpy(ds.array[start:stop]).permute(0, 3, 1, 2).float().div_(255)
+            x = (x - mean) / std
+        else:
+            x = torch.stack([transform(ds.image(i)) for i in range(start, stop)])
+        logits = _logits(model(x))
+        out.append(logits.topk(min(k, logits.shape[1]), dim=1).indices)
+    return torch.cat(out) if out else torch.zeros(0, k, dtype=torch.long)
+
+
 def evaluate(
     model: nn.Module,
     data: str | os.PathLike | EvalData,
     batch_size: int = 64,
-    reference: nn.Module | None = None,
+    reference: nn.Module | torch.Tensor | None = None,
     *,
     data_config: dict[str, Any] | None = None,
     limit: int | None = None,
@@ -126,6 +173,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Top-1 and top-5 accuracy (%) of ``model`` on ``data``; with ``reference``, top-1 agreement (%) too.
 
+    ``reference`` is a model, or its top-1 predictions from ``predict`` (to compare many models with one).
     Returns ``{"top1", "top5", "n", "agreement", "dataset"}`` (``agreement`` is None without a reference).
     Deterministic: eval mode, fixed order, no augmentation. ``limit=N`` takes N evenly spaced images.
 
@@ -133,59 +181,33 @@ def evaluate(
         >>> udfc_hub.evaluate(model, "imagenet_sample/", reference=base)  # doctest: +SKIP
         {'top1': 84.1, 'top5': 96.0, 'n': 1000, 'agreement': 91.3, 'dataset': 'imagenet_sample'}
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    ds = data if isinstance(data, EvalData) else load_eval_data(data)
-    if limit is not None:
-        if not isinstance(limit, int) or limit < 1:
-            raise InvalidArgumentError(f"limit must be a positive integer, got {limit!r}.")
-        ds = ds.subset(limit)
-    n = len(ds)
-    transform, cfg = _transform(model, data_config)
-    model.eval()
-    if reference is not None:
-        reference.eval()
+    ds = _resolve(data, limit)
+    labels = torch.from_numpy(ds.labels)
     num_classes = getattr(model, "num_classes", None)
-    labels = torch.from_numpy(ds.labels[:n])
-    if n and num_classes and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+    if len(ds) and num_classes and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise InvalidArgumentError(
             f"labels of {ds.name} range over {int(labels.min())}..{int(labels.max())}, outside the model's "
             f"{num_classes} classes (0..{num_classes - 1})."
         )
-    batches = range(0, n, batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, desc="evaluating", unit="batch")
-    top1 = top5 = agree = 0
-    fast = (
-        ds.array is not None
-        and tuple(ds.array.shape[1:3]) == tuple(cfg["input_size"][1:])
-        and cfg.get("crop_pct", 1.0) == 1.0
-    )
-    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
-    for start in batches:
-        idx = range(start, min(start + batch_size, n))
-        if fast:  # already at the model's input size: resize and crop are identities
-            x = torch.from_numpy(ds.array[start : idx.stop]).permute(0, 3, 1, 2).float().div_(255)
-            x = (x - mean) / std
-        else:
-            x = torch.stack([transform(ds.image(i)) for i in idx])
-        y = labels[start : idx.stop]
-        logits = _logits(model(x))
-        k = min(5, logits.shape[1])
-        pred = logits.topk(k, dim=1).indices
-        top1 += int((pred[:, 0] == y).sum())
-        top5 += int((pred == y[:, None]).any(dim=1).sum())
-        if reference is not None:
-            agree += int((_logits(reference(x)).argmax(1) == pred[:, 0]).sum())
-    pct = (lambda v: round(100.0 * v / n, 2)) if n else (lambda v: float("nan"))
+    pred = predict(model, ds, batch_size, data_config=data_config, progress=progress)
+    n = len(ds)
+    agreement = None
+    if reference is not None:
+        ref = (
+            reference
+            if isinstance(reference, torch.Tensor)
+            else predict(reference, ds, batch_size, data_config=data_config)
+        )
+        ref = ref[:, 0] if ref.ndim == 2 else ref
+        if ref.shape != (n,):
+            raise InvalidArgumentError(f"reference predictions have shape {tuple(ref.shape)}, expected ({n},).")
+        agreement = (ref == pred[:, 0]).sum()
+    pct = (lambda v: round(100.0 * int(v) / n, 2)) if n else (lambda v: float("nan"))
     return {
-        "top1": pct(top1),
-        "top5": pct(top5),
+        "top1": pct((pred[:, 0] == labels).sum()),
+        "top5": pct((pred == labels[:, None]).any(dim=1).sum()),
         "n": n,
-        "agreement": pct(agree) if reference is not None else None,
+        "agreement": pct(agreement) if agreement is not None else None,
         "dataset": ds.name,
     }
 
