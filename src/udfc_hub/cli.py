@@ -215,12 +215,22 @@ def _load(source: str, checkpoint: str | None, pretrained: bool = True):
     return load_model(source, checkpoint=checkpoint, pretrained=pretrained)
 
 
+def _size_rows(rep, base, file_bytes: int, label: str) -> list[tuple[str, str, str]]:
+    return [
+        ("", "base", label),
+        ("parameters", _m(rep.before.params), _m(rep.after.params)),
+        ("MACs", _g(rep.before.macs), _g(rep.after.macs)),
+        ("weights", _mb(_float_bytes(base)) + " (float32)", _mb(file_bytes)),
+    ]
+
+
 def _float_bytes(model) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
 def cmd_compress(args) -> dict[str, Any]:
-    from . import compress, evaluate, push, save_pretrained
+    from . import compress, push, save_pretrained
+    from .evaluation import compare_accuracy
     from .hub.publish import resolve_token
 
     out = Path(args.out)
@@ -241,26 +251,12 @@ def cmd_compress(args) -> dict[str, Any]:
     )
     accuracy = before = after = None
     if args.eval:
-        before = evaluate(base, args.eval, progress=not args.quiet)
-        after = evaluate(result.model, args.eval, reference=base, progress=not args.quiet)
-        accuracy = {
-            "dataset": before["dataset"],
-            "n": after["n"],
-            "top1": after["top1"],
-            "top5": after["top5"],
-            "base_top1": before["top1"],
-            "base_top5": before["top5"],
-        }
+        before, after, accuracy = compare_accuracy(base, result.model, args.eval, progress=not args.quiet)
     folder = save_pretrained(result, out, overwrite=args.overwrite, accuracy=accuracy, repo_id=args.push)
     url = push(folder, args.push, private=args.private) if args.push else None
     rep = result.report
     size = (folder / "model.safetensors").stat().st_size
-    rows = [
-        ("", "base", "compressed"),
-        ("parameters", _m(rep.before.params), _m(rep.after.params)),
-        ("MACs", _g(rep.before.macs), _g(rep.after.macs)),
-        ("weights", _mb(_float_bytes(base)) + " (float32)", _mb(size)),
-    ]
+    rows = _size_rows(rep, base, size, "compressed")
     if accuracy:
         rows.append(("top-1", _pct(before["top1"]), _pct(after["top1"])))
         rows.append(("agreement", "", _pct(after["agreement"])))
@@ -373,8 +369,9 @@ def cmd_demo(args) -> dict[str, Any]:
     import timm
     import torch
 
-    from . import compress, evaluate, save_pretrained
+    from . import compress, save_pretrained
     from .demo_weights import load_efficientnet_lite0
+    from .evaluation import compare_accuracy
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
@@ -391,16 +388,10 @@ def cmd_demo(args) -> dict[str, Any]:
         diff = float((loaded(x) - result.model(x)).abs().max())
     rep = result.report
     size = (folder / "model.safetensors").stat().st_size
-    rows = [
-        ("", "base", "compressed (reloaded)"),
-        ("parameters", _m(rep.before.params), _m(rep.after.params)),
-        ("MACs", _g(rep.before.macs), _g(rep.after.macs)),
-        ("weights", _mb(_float_bytes(base)) + " (float32)", _mb(size)),
-    ]
+    rows = _size_rows(rep, base, size, "compressed (reloaded)")
     before = after = None
     if args.data:
-        before = evaluate(base, args.data, progress=not args.quiet)
-        after = evaluate(loaded, args.data, reference=base, progress=not args.quiet)
+        before, after, _ = compare_accuracy(base, loaded, args.data, progress=not args.quiet)
         rows += [("top-1", _pct(before["top1"]), _pct(after["top1"])), ("agreement", "", _pct(after["agreement"]))]
     _say(args, _table(rows))
     _say(

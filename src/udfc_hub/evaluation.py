@@ -20,7 +20,7 @@ from PIL import Image
 
 from .errors import InvalidArgumentError
 
-__all__ = ["evaluate", "predict", "load_eval_data"]
+__all__ = ["compare_accuracy", "evaluate", "predict", "load_eval_data"]
 
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm")
 _ACCEPTED = (
@@ -182,22 +182,32 @@ def evaluate(
         {'top1': 84.1, 'top5': 96.0, 'n': 1000, 'agreement': 91.3, 'dataset': 'imagenet_sample'}
     """
     ds = _resolve(data, limit)
-    labels = torch.from_numpy(ds.labels)
-    num_classes = getattr(model, "num_classes", None)
-    if len(ds) and num_classes and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise InvalidArgumentError(
-            f"labels of {ds.name} range over {int(labels.min())}..{int(labels.max())}, outside the model's "
-            f"{num_classes} classes (0..{num_classes - 1})."
-        )
+    _check_labels(ds, model)
     pred = predict(model, ds, batch_size, data_config=data_config, progress=progress)
-    n = len(ds)
-    agreement = None
+    ref = None
     if reference is not None:
         ref = (
             reference
             if isinstance(reference, torch.Tensor)
             else predict(reference, ds, batch_size, data_config=data_config)
         )
+    return _scores(ds, pred, ref)
+
+
+def _check_labels(ds: EvalData, model: nn.Module) -> None:
+    num_classes = getattr(model, "num_classes", None)
+    if len(ds) and num_classes and (int(ds.labels.min()) < 0 or int(ds.labels.max()) >= num_classes):
+        raise InvalidArgumentError(
+            f"labels of {ds.name} range over {int(ds.labels.min())}..{int(ds.labels.max())}, outside the model's "
+            f"{num_classes} classes (0..{num_classes - 1})."
+        )
+
+
+def _scores(ds: EvalData, pred: torch.Tensor, ref: torch.Tensor | None) -> dict[str, Any]:
+    n = len(ds)
+    labels = torch.from_numpy(ds.labels)
+    agreement = None
+    if ref is not None:
         ref = ref[:, 0] if ref.ndim == 2 else ref
         if ref.shape != (n,):
             raise InvalidArgumentError(f"reference predictions have shape {tuple(ref.shape)}, expected ({n},).")
@@ -210,6 +220,29 @@ def evaluate(
         "agreement": pct(agreement) if agreement is not None else None,
         "dataset": ds.name,
     }
+
+
+def compare_accuracy(
+    base: nn.Module, compressed: nn.Module, data: str | os.PathLike | EvalData, *, progress: bool = False
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Evaluate ``base`` and ``compressed`` on the same images (the base model runs once).
+
+    Returns (before, after, card) where ``card`` is the ``accuracy`` argument of ``save_pretrained``.
+    """
+    ds = _resolve(data, None)
+    _check_labels(ds, base)
+    base_pred = predict(base, ds, progress=progress)
+    before = _scores(ds, base_pred, None)
+    after = evaluate(compressed, ds, reference=base_pred, progress=progress)
+    card = {
+        "dataset": before["dataset"],
+        "n": after["n"],
+        "top1": after["top1"],
+        "top5": after["top5"],
+        "base_top1": before["top1"],
+        "base_top5": before["top5"],
+    }
+    return before, after, card
 
 
 def _logits(out: Any) -> torch.Tensor:

@@ -188,7 +188,7 @@ def compress_and_push(
         >>> udfc_hub.compress_and_push("resnet34", "me/resnet34-udfc-p30-w6", prune_ratio=0.3, bits=6)  # doctest: +SKIP
     """
     from ..engine import compress
-    from ..evaluation import evaluate
+    from ..evaluation import compare_accuracy
 
     _check_repo_id(repo_id)
     tok = resolve_token(token)  # before any compression work
@@ -202,16 +202,7 @@ def compress_and_push(
     result = compress(base, prune_ratio=prune_ratio, bits=bits, method=method, criterion=criterion, **compress_kwargs)
     accuracy = None
     if eval_data is not None:
-        before = evaluate(base, eval_data)
-        after = evaluate(result.model, eval_data, reference=base)
-        accuracy = {
-            "dataset": before["dataset"],
-            "n": after["n"],
-            "top1": after["top1"],
-            "top5": after["top5"],
-            "base_top1": before["top1"],
-            "base_top5": before["top5"],
-        }
+        _, _, accuracy = compare_accuracy(base, result.model, eval_data)
     save_pretrained(result, folder, overwrite=overwrite, accuracy=accuracy, repo_id=repo_id)
     return push(
         folder,
