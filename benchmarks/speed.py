@@ -67,15 +67,23 @@ def _floor(name: str) -> None:
 
 
 @torch.inference_mode()
-def _latency(model, batch: int, repeats: int) -> float:
+def _latencies(models: list, batch: int, repeats: int) -> list[float]:
+    """Median latency of each model, runs interleaved so that load on the machine hits all of them alike."""
     x = torch.randn(batch, 3, 224, 224)
-    model(x)  # warm-up
-    return _median_seconds(lambda: model(x), repeats)
+    for m in models:  # warm-up
+        m(x)
+    times = [[] for _ in models]
+    for _ in range(repeats):
+        for m, ts in zip(models, times, strict=True):
+            t0 = time.perf_counter()
+            m(x)
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["resnet18", "resnet34", "resnet50", "resnet101"])
+    ap.add_argument("--models", nargs="*", default=["resnet18", "resnet34", "resnet50", "resnet101"])
     ap.add_argument("--latency", nargs="*", default=["resnet34", "resnet50"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 32])
@@ -114,9 +122,8 @@ def main(argv=None) -> None:
         model = timm.create_model(name).eval()
         small = udfc_hub.compress(model, prune_ratio=0.3, bits=6).model
         for batch in args.batches:
-            reps = max(3, args.repeats * (10 if batch == 1 else 1))
-            t_orig = _latency(model, batch, reps)
-            t_comp = _latency(small, batch, reps)
+            reps = max(5, args.repeats * (10 if batch == 1 else 2))
+            t_orig, t_comp = _latencies([model, small], batch, reps)
             lat.append(
                 {
                     "model": name,
