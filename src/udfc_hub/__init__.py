@@ -2,7 +2,8 @@
 
 >>> import timm, udfc_hub
 >>> result = udfc_hub.compress(timm.create_model("resnet18"), prune_ratio=0.3, bits=6)
->>> print(result.report)  # doctest: +SKIP
+>>> result.report.layers[1].name, result.report.layers[1].kept_channels
+('layer1.0.conv1', 44)
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -50,9 +50,10 @@ def push(
     Creates the repo if needed, uploads ``config.json``, ``model.safetensors`` and ``README.md``, and deletes
     older weight files of the repo. Returns the commit URL (the pull request's URL with ``create_pr=True``).
 
-    Example:
-        >>> udfc_hub.push("resnet34-udfc-p30-w6", "me/resnet34-udfc-p30-w6")  # doctest: +SKIP
-        'https://huggingface.co/me/resnet34-udfc-p30-w6/commit/...'
+    Example (needs a Hub and a token, so not run as a doctest)::
+
+        udfc_hub.push("resnet34-udfc-p30-w6", "me/resnet34-udfc-p30-w6")
+        # 'https://huggingface.co/me/resnet34-udfc-p30-w6/commit/...'
     """
     from huggingface_hub import HfApi
 
@@ -184,8 +185,9 @@ def compress_and_push(
     in the log and in any error) and stays there. With ``eval_data`` (see ``udfc_hub.evaluate``) the accuracy
     before and after is measured and written into the card. Other keyword arguments go to ``udfc_hub.compress``.
 
-    Example:
-        >>> udfc_hub.compress_and_push("resnet34", "me/resnet34-udfc-p30-w6", prune_ratio=0.3, bits=6)  # doctest: +SKIP
+    Example (needs a Hub and a token, so not run as a doctest)::
+
+        udfc_hub.compress_and_push("resnet34", "me/resnet34-udfc-p30-w6", prune_ratio=0.3, bits=6)
     """
     from ..engine import compress
     from ..evaluation import compare_accuracy
