@@ -221,6 +221,15 @@ def test_without_import_udfc_hub_timm_fails_loudly(saved):
     assert "Unknown model (udfc_cifar_resnet20)" in proc.stderr
 
 
+def test_a_loaded_artifact_can_be_compressed_again(saved, tmp_path):
+    loaded = _load_timm(saved)
+    again = compress(loaded, prune_ratio=0.2, bits=3)
+    folder = save_pretrained(again, tmp_path / "again")
+    x = torch.randn(2, 3, 32, 32)
+    assert (_logits(_load_timm(folder), x) - _logits(again.model, x)).abs().max() <= 1e-5
+    assert json.loads((folder / "config.json").read_text())["model_args"]["channels"]["layer1.0.conv1"] == 8
+
+
 def test_save_rejects_other_objects(tmp_path):
     with pytest.raises(InvalidArgumentError, match="result of udfc_hub.compress"):
         save_pretrained(timm.create_model("resnet18"), tmp_path / "x")
