@@ -294,7 +294,7 @@ class _Run:
 
 
 def _bn_params(norm: nn.Module | None) -> tuple:
-    """(bias-free) BatchNorm arguments of ``fold_batchnorm``: gamma, beta, mean, var, eps."""
+    """The BatchNorm arguments of ``fold_batchnorm`` (gamma, beta, mean, var, eps); all None without a norm."""
     if norm is None:
         return (None, None, None, None)
     return (norm.weight, norm.bias, norm.running_mean, norm.running_var, norm.eps)

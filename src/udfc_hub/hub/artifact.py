@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save
 
 from ..engine import CompressionResult
 from ..errors import ArtifactError, InvalidArgumentError
-from ..profile import profile_model
+from ..profile import ModelStats, profile_model
 from .card import render_card
 from .format import FORMAT, FORMAT_VERSION
 from .quantized import quantize_module
@@ -99,7 +99,7 @@ def save_pretrained(
         raise InvalidArgumentError(f"{target} exists and is not a folder; choose a folder path.")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise InvalidArgumentError(f"{target} exists and is not empty; pass overwrite=True or choose a new folder.")
-    model = _packed(result, base_model)
+    model, after = _packed(result, base_model)
     args = model.udfc_model_args
     if accuracy is not None:
         args["provenance"]["accuracy"] = _check_accuracy(accuracy)
@@ -113,7 +113,7 @@ def save_pretrained(
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         card = render_card(
             config=config,
-            after=profile_model(model),
+            after=after,
             file_size=(tmp / WEIGHTS_NAME).stat().st_size,
             name=repo_id.split("/")[-1] if repo_id else target.name,
             repo_id=repo_id,
@@ -126,15 +126,16 @@ def save_pretrained(
     return target
 
 
-def _packed(result, base_model: str | None) -> nn.Module:
+def _packed(result, base_model: str | None) -> tuple[nn.Module, ModelStats]:
+    """The model to save and its size; a compression result's size was measured already, a loaded one's is not."""
     if isinstance(result, CompressionResult):
-        return pack_model(result, base_model)
+        return pack_model(result, base_model), result.report.after
     if isinstance(result, nn.Module) and hasattr(result, "udfc_model_args"):
         model = copy.copy(result)  # the caller's model keeps its own args; only the copy's are updated
         model.udfc_model_args = copy.deepcopy(result.udfc_model_args)
         if base_model:
             model.udfc_model_args["provenance"]["base_model"] = base_model
-        return model
+        return model, profile_model(model)
     raise InvalidArgumentError(
         f"save_pretrained takes the result of udfc_hub.compress or a model loaded from a udfc_hub folder, got "
         f"{type(result).__name__}."

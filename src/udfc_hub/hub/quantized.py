@@ -115,7 +115,7 @@ def quantize_module(module: nn.Module, bits: int, scale_shape: tuple[int, ...]) 
     Buffers for the packed codes and the scale are created empty; fill them with ``set_codes`` or a state dict.
     """
     # an already quantized layer (a loaded artifact compressed again) keeps its class and gets new buffers
-    cls = type(module) if isinstance(module, _PackedWeightMixin) else _quantized_class(type(module))
+    cls = type(module) if is_quantized(module) else _quantized_class(type(module))
     if cls is None:
         raise TypeError(
             f"only nn.Conv2d and nn.Linear (and their subclasses) hold packed weights, got {type(module).__name__}"
