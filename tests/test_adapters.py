@@ -124,11 +124,14 @@ def test_efficientnet_family_quantizes_everything_and_prunes_the_head(name, tmp_
     spec = describe_model(model)
     _check_spec(model, spec)
     assert [g.producer.name for g in spec.groups] == ["conv_head"] and spec.notes
+    paper = udfc_hub.compress(model, prune_ratio=0.25, bits=6, method="udfc")
+    assert all(r.correction in ("norm", "rows") for r in paper.report.layers)  # t never reaches a consumer
     result = udfc_hub.compress(model, prune_ratio=0.25, bits=6)
     assert result.model.conv_head.out_channels == 960 and result.model.classifier.in_features == 960
     # depthwise-coupled expansion channels are left alone
     assert [r.name for r in result.report.pruned_layers] == ["conv_head"]
-    assert all(r.correction in ("norm", "rows") for r in result.report.layers)
+    # udfc+ removes the expected quantization shift of every layer with a BN after it
+    assert all(r.bias_shift is not None for r in result.report.layers if r.name != "classifier")
     loaded = timm.create_model(f"local-dir:{udfc_hub.save_pretrained(result, tmp_path / 'm')}", pretrained=True)
     x = torch.randn(1, 3, 96, 96)
     with torch.inference_mode():

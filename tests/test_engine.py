@@ -59,17 +59,20 @@ def test_timm_resnet_shrinks_and_runs(name):
     assert out.shape == (2, 1000) and torch.isfinite(out).all()
 
 
-def test_quantized_weights_are_exactly_their_codes():
+@pytest.mark.parametrize("method", ["udfc+", "udfc"])
+def test_quantized_weights_are_exactly_their_codes(method):
     model = timm.create_model("resnet18").eval()
-    result = compress(model, prune_ratio=0.3, bits=4)
+    result = compress(model, prune_ratio=0.3, bits=4, method=method, granularity="tensor")
     assert set(result.quantized) == {layer.name for layer in result.spec.layers}
     for name, qt in result.quantized.items():
         w = result.model.get_submodule(name).weight
         assert torch.equal(w, qt.dequantize())
         assert qt.codes.max() <= 15
-    # residual-stream layers fold t into their BN, so their weights keep at most 16 distinct values
+    # residual-stream layers fold t into their BN (udfc) or get no t (udfc+), so a per-tensor scale leaves
+    # their weights at most 16 distinct values
     assert len(torch.unique(result.model.layer1[0].conv2.weight)) <= 16
-    assert result.report.layers[-1].name == "fc" and result.report.layers[-1].correction == "rows"
+    assert result.report.layers[-1].name == "fc"
+    assert result.report.layers[-1].correction == ("rows" if method == "udfc" else None)
 
 
 def test_prune_only_leaves_unpruned_layers_alone():
@@ -144,7 +147,13 @@ def test_report_text_and_dict():
         ({"bits": 9}, "bits must be an integer in 2..8"),
         ({"bits": 6.5}, "got 6.5"),
         ({"bits": "6"}, "bits"),
-        ({"method": "magic"}, "method must be one of udfc, nm, prune, rtn; got 'magic'"),
+        ({"method": "magic"}, "method must be one of udfc\\+, udfc, nm, prune, rtn; got 'magic'"),
+        ({"fit": "cubic"}, "fit must be one of None, relu, linear"),
+        ({"method": "nm", "fit": "relu"}, "fit applies to method udfc or udfc\\+ only"),
+        ({"nonnegative": True}, "nonnegative=True needs method 'udfc' or 'udfc\\+' with fit='linear'"),
+        ({"bias_correction": "yes"}, "bias_correction must be True or False"),
+        ({"quant_correction": "t"}, "quant_correction must be one of None, none, udfc, scale"),
+        ({"layer_ratios": "greedy"}, "layer_ratios must be one of uniform, adaptive"),
         ({"criterion": "l3"}, "criterion must be one of l1, l2"),
         ({"granularity": "row"}, "granularity"),
         ({"reference": "x"}, "reference"),
@@ -165,5 +174,5 @@ def test_not_a_module():
 
 
 def test_public_api():
-    assert udfc_hub.METHODS == ("udfc", "nm", "prune", "rtn")
+    assert udfc_hub.METHODS == ("udfc+", "udfc", "nm", "prune", "rtn")
     assert isinstance(udfc_hub.__version__, str)

@@ -59,7 +59,7 @@ class PreActAdapter:
             layers += [inner, Layer(f"blocks.{i}.conv2", f"blocks.{i}.bn2")]
             if len(block.shortcut):
                 layers.append(Layer(f"blocks.{i}.shortcut.0", f"blocks.{i}.shortcut.1"))
-            groups.append(ChannelGroup(inner, consumers=(Consumer(f"blocks.{i}.conv2"),)))
+            groups.append(ChannelGroup(inner, consumers=(Consumer(f"blocks.{i}.conv2"),), relu_moments=True))
         layers.append(Layer("linear"))
         return udfc_hub.ModelSpec(self.family, tuple(layers), tuple(groups))
 

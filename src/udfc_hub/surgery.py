@@ -9,8 +9,12 @@ __all__ = ["set_param", "slice_channels", "sync_shape_attrs"]
 
 
 def set_param(module: nn.Module, name: str, value: torch.Tensor) -> None:
-    """Replace parameter ``name`` by ``value`` (same dtype and ``requires_grad`` as before)."""
+    """Replace parameter (or buffer) ``name`` by ``value``, keeping its dtype, and a parameter's
+    ``requires_grad``; a buffer stays a buffer (BatchNorm running statistics)."""
     old = getattr(module, name)
+    if name in module._buffers:
+        setattr(module, name, value.detach().to(old.dtype).contiguous())
+        return
     setattr(module, name, nn.Parameter(value.detach().to(old.dtype).contiguous(), requires_grad=old.requires_grad))
 
 

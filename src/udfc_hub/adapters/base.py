@@ -37,12 +37,17 @@ class ChannelGroup:
     ``aligned`` names other modules indexed by the same channels along their first dimension (they are sliced
     alongside). ``scale_commutes`` says the activation between producer and consumers commutes with a positive
     per-channel scale (ReLU does), so a quantization correction may move into the consumers' input columns.
+    ``relu_moments`` says the producer has a BatchNorm whose output reaches the consumers through a plain ReLU
+    and nothing else (no pooling, no addition): the moments after the ReLU then follow from the BN statistics,
+    which ``method="udfc+"`` uses for its activation-space fit, bias and variance corrections. Without it those
+    steps fall back to UDFC's linear fit with no correction for this group.
     """
 
     producer: Layer
     consumers: tuple[Consumer, ...]
     aligned: tuple[str, ...] = ()
     scale_commutes: bool = True
+    relu_moments: bool = False
 
 
 @dataclass(frozen=True)

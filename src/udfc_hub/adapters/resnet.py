@@ -39,11 +39,13 @@ class TimmResNetAdapter:
                     layer = Layer(f"{prefix}.{conv}", f"{prefix}.bn{k + 1}")
                     layers.append(layer)
                     if k + 1 < len(convs):
+                        relu = isinstance(getattr(block, acts[k]), nn.ReLU)
                         groups.append(
                             ChannelGroup(
                                 producer=layer,
                                 consumers=(Consumer(f"{prefix}.{convs[k + 1]}"),),
-                                scale_commutes=isinstance(getattr(block, acts[k]), nn.ReLU),
+                                scale_commutes=relu,
+                                relu_moments=relu and _plain(block, k),
                             )
                         )
                 if block.downsample is not None:
@@ -51,6 +53,15 @@ class TimmResNetAdapter:
         if isinstance(model.fc, nn.Linear):
             layers.append(Layer("fc"))
         return ModelSpec(family=self.family, layers=tuple(layers), groups=tuple(groups))
+
+
+def _plain(block: nn.Module, k: int) -> bool:
+    """Nothing but the ReLU between inner conv k's BN and the next conv (drop-block and blur-pool, when
+    present, sit after BasicBlock's bn1 and after Bottleneck's bn2)."""
+    if isinstance(block, Bottleneck) and k == 0:
+        return True
+    between = (getattr(block, "drop_block", None), getattr(block, "aa", None))
+    return all(m is None or isinstance(m, nn.Identity) for m in between)
 
 
 def _check_block(block: nn.Module, prefix: str) -> None:

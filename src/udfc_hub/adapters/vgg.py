@@ -24,5 +24,26 @@ class TimmVGGAdapter:
         head = conv_norm_pairs(model.pre_logits, "pre_logits")
         fc = [Layer("head.fc")] if isinstance(model.head.fc, nn.Linear) else []
         consumers = [c.name for c in convs[1:]] + [head[0].name]
-        groups = [ChannelGroup(p, (Consumer(c),)) for p, c in zip(convs, consumers, strict=True)]
+        plain = _followed_by_relu_only(model.features, [c.name for c in convs])
+        groups = [
+            ChannelGroup(p, (Consumer(c),), relu_moments=p.norm is not None and plain[p.name])
+            for p, c in zip(convs, consumers, strict=True)
+        ]
         return ModelSpec(family=self.family, layers=tuple(convs + head + fc), groups=tuple(groups))
+
+
+def _followed_by_relu_only(features: nn.Sequential, names: list[str]) -> dict[str, bool]:
+    """For each conv, whether only its BN and a ReLU stand before the next conv (no max-pool in between)."""
+    children = list(features.named_children())
+    out = {}
+    for i, (name, _) in enumerate(children):
+        full = f"features.{name}"
+        if full not in names:
+            continue
+        rest = []
+        for _, child in children[i + 1 :]:
+            if isinstance(child, nn.Conv2d):
+                break
+            rest.append(child)
+        out[full] = bool(rest) and all(isinstance(m, (nn.BatchNorm2d, nn.ReLU)) for m in rest)
+    return out

@@ -1,5 +1,16 @@
 """Pure tensor math: no ``nn.Module`` knowledge lives here."""
 
+from .moments import (
+    ReluMoments,
+    expected_output_shift,
+    filter_correlation,
+    intercepts,
+    relu_mean,
+    relu_moments,
+    solve_nonnegative_scales,
+    solve_relu_scales,
+    variance_ratio,
+)
 from .pack import pack_codes, packed_size, unpack_codes
 from .prune import (
     CRITERIA,
@@ -32,7 +43,11 @@ __all__ = [
     "FoldedLayer",
     "PruneSolution",
     "QuantizedTensor",
+    "ReluMoments",
     "dequantize",
+    "expected_output_shift",
+    "filter_correlation",
+    "intercepts",
     "fold_batchnorm",
     "merge_into_consumer",
     "neuron_merging_scales",
@@ -41,7 +56,12 @@ __all__ = [
     "prune_loss",
     "quantize_dorefa",
     "rank_channels",
+    "relu_mean",
+    "relu_moments",
+    "solve_nonnegative_scales",
     "solve_prune_scales",
     "solve_quant_correction",
+    "solve_relu_scales",
     "unpack_codes",
+    "variance_ratio",
 ]
