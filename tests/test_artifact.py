@@ -119,6 +119,7 @@ def test_card_metadata_and_body(resnet18_result, tmp_path):
     assert 'timm.create_model("hf-hub:me/r18-udfc", pretrained=True)' in text
     assert text.index("import udfc_hub") < text.index("timm.create_model")
     assert "Unknown model (udfc_resnet18)" in text and "bai2023udfc" in text
+    assert "`udfc+` method" in text  # the default method is named in the description
     assert "| parameters | 11.69 M | 8.38 M |" in text
     ModelCard.load(folder / "README.md")  # parses
 

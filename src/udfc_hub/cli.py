@@ -60,7 +60,7 @@ def _bits(text: str) -> int | None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .engine import METHODS
+    from .engine import FITS, LAYER_RATIOS, METHODS, QUANT_CORRECTIONS
     from .ops import CRITERIA, GRANULARITIES
 
     common = _Parser(add_help=False)
@@ -95,8 +95,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("compress", "compress a model without data and save it (optionally evaluate and push it)")
     p.add_argument("model", metavar="MODEL", help="timm name (resnet34, resnet34.a1_in1k), hf-hub:..., local-dir:...")
     compression_args(p)
-    p.add_argument("--method", choices=METHODS, default="udfc", help="compensation method (default udfc)")
-    p.add_argument("--granularity", choices=GRANULARITIES, default="tensor", help="quantizer scale granularity")
+    p.add_argument(
+        "--method", choices=METHODS, default="udfc+", help="udfc+ (default), udfc (the paper), nm, prune, rtn"
+    )
+    p.add_argument("--granularity", choices=GRANULARITIES, default="channel", help="quantizer scales (default channel)")
+    advanced = p.add_argument_group("method options (default: what --method implies, see docs/method.md)")
+    advanced.add_argument("--fit", choices=FITS, help="pruning fit of udfc/udfc+: relu (moments) or linear (paper)")
+    advanced.add_argument(
+        "--bias-correction",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="move expected pruning/quantization errors into the next BN (udfc+: on)",
+    )
+    advanced.add_argument(
+        "--variance-correction",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="rescale the consumer BN's variance after pruning (udfc+: on)",
+    )
+    advanced.add_argument("--quant-correction", choices=QUANT_CORRECTIONS, help="none, udfc (paper's t) or scale")
+    advanced.add_argument("--layer-ratios", choices=LAYER_RATIOS, default="uniform", help="uniform or adaptive")
     p.add_argument("--checkpoint", metavar="PATH", help="load weights from a local file (.safetensors, .pth, .th)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write (must not exist or be empty)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
@@ -247,6 +265,11 @@ def cmd_compress(args) -> dict[str, Any]:
         method=args.method,
         criterion=args.criterion,
         granularity=args.granularity,
+        fit=args.fit,
+        bias_correction=args.bias_correction,
+        variance_correction=args.variance_correction,
+        quant_correction=args.quant_correction,
+        layer_ratios=args.layer_ratios,
         progress=not args.quiet,
     )
     accuracy = before = after = None

@@ -36,6 +36,19 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "custom"
 
 
+_METHOD_TEXT = {
+    "udfc+": "The lost channels and the quantization error are repaired in closed form by udfc-hub's `udfc+` method "
+    "(UDFC, Bai et al., ICCV 2023, with a ReLU-aware fit and bias and variance corrections from BatchNorm "
+    "moments), using only the weights and BatchNorm statistics of the base model.",
+    "udfc": "The lost channels and the quantization error are repaired in closed form with UDFC (Bai et al., "
+    "ICCV 2023), using only the weights and BatchNorm statistics of the base model.",
+    "nm": "Each removed channel is merged into its most similar kept channel (Neuron Merging, Kim et al., "
+    "NeurIPS 2020), using only the weights and BatchNorm statistics of the base model.",
+    "prune": "No compensation was applied (a baseline).",
+    "rtn": "No compensation was applied (a baseline).",
+}
+
+
 def render_card(config: dict[str, Any], after: ModelStats, file_size: int, name: str, repo_id: str | None) -> str:
     """The card text for an artifact whose ``config.json`` is ``config``.
 
@@ -108,6 +121,7 @@ def render_card(config: dict[str, Any], after: ModelStats, file_size: int, name:
     card = ModelCard.from_template(
         data,
         template_str=card_template(),
+        method_description=_METHOD_TEXT.get(settings.get("method"), _METHOD_TEXT["udfc"]),
         model_name=name,
         base_description=base_description,
         what_was_done=" and ".join(done),
