@@ -109,7 +109,9 @@ def main(argv=None) -> None:
         for section in args.sections:
             for method, crit, ratio, bits in runs(section):
                 t0 = time.perf_counter()
-                result = udfc_hub.compress(model, prune_ratio=ratio, bits=bits, method=method, criterion=crit)
+                result = udfc_hub.compress(
+                    model, prune_ratio=ratio, bits=bits, method=method, criterion=crit, granularity="tensor"
+                )
                 secs = time.perf_counter() - t0
                 res = udfc_hub.evaluate(result.model, subset, batch_size=500, reference=fp_pred)
                 rows.append(_row(name, method, crit, ratio, bits, res, secs, section))

@@ -10,22 +10,7 @@ from huggingface_hub import constants
 from transformers import AutoModelForImageClassification
 
 import udfc_hub
-from hub_server import HubServer
 from udfc_hub import InvalidArgumentError, PublishError
-
-
-@pytest.fixture()
-def hub(tmp_path, monkeypatch):
-    with HubServer() as server:
-        monkeypatch.setattr(constants, "ENDPOINT", server.url)
-        monkeypatch.setattr(
-            constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}"
-        )
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setenv("HF_TOKEN", "hf_test_token")
-        yield server
 
 
 @pytest.fixture(scope="module")

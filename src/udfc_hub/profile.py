@@ -17,9 +17,15 @@ class ModelStats:
 
 
 def default_input_size(model: nn.Module) -> tuple[int, int, int]:
-    """The model's timm ``pretrained_cfg['input_size']``, else (3, 224, 224)."""
+    """The model's timm ``pretrained_cfg['input_size']``, a transformers config's ``image_size``, else 3x224x224."""
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-    return tuple(cfg.get("input_size", (3, 224, 224)))
+    if "input_size" in cfg:
+        return tuple(cfg["input_size"])
+    hf = getattr(model, "config", None)
+    size = getattr(hf, "image_size", None)
+    if isinstance(size, int):
+        return (int(getattr(hf, "num_channels", 3)), size, size)
+    return (3, 224, 224)
 
 
 @torch.no_grad()

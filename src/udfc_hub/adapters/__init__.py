@@ -8,6 +8,7 @@ from ..errors import UnsupportedModelError
 from .base import Adapter, ChannelGroup, Consumer, Layer, ModelSpec, conv_norm_pairs
 from .cifar_resnet import CifarResNetAdapter
 from .efficientnet import TimmEfficientNetAdapter
+from .hf import HFConvNextAdapter, HFResNetAdapter, HFViTAdapter
 from .resnet import TimmResNetAdapter
 from .transformer_mlp import TimmConvNeXtAdapter, TimmViTAdapter
 from .vgg import TimmVGGAdapter
@@ -31,6 +32,9 @@ ADAPTERS: list[Adapter] = [
     TimmVGGAdapter(),
     TimmConvNeXtAdapter(),
     TimmViTAdapter(),
+    HFResNetAdapter(),
+    HFConvNextAdapter(),
+    HFViTAdapter(),
 ]
 
 

@@ -27,6 +27,7 @@ from .card import render_card
 from .format import FORMAT, FORMAT_VERSION
 from .quantized import quantize_module
 from .timm_models import PREFIX, register_compressed
+from .transformers_models import is_transformers_model, udfc_twin
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "save_pretrained", "pack_model", "read_config", "check_artifact"]
 
@@ -43,8 +44,13 @@ def pack_model(result: CompressionResult, base_model: str | None = None) -> nn.M
     channels, bits, scale shape of each quantized layer) and ``provenance`` (settings, base model, its size).
     """
     model = copy.deepcopy(result.model)
-    base = _base_architecture(model)
-    cfg = getattr(model, "pretrained_cfg", None) or {}
+    transformers_native = is_transformers_model(model)
+    if transformers_native:
+        base = type(model).__name__.removeprefix("Udfc")
+        cfg = {"hf_hub_id": getattr(model.config, "_name_or_path", None) or None}
+    else:
+        base = _base_architecture(model)
+        cfg = getattr(model, "pretrained_cfg", None) or {}
     for name, qt in result.quantized.items():
         module = model.get_submodule(name)
         quantize_module(module, qt.bits, tuple(qt.scale.shape))
@@ -64,7 +70,35 @@ def pack_model(result: CompressionResult, base_model: str | None = None) -> nn.M
             "base_macs": result.report.before.macs,
         },
     }
+    if transformers_native:
+        _to_twin(model)
     return model.eval()
+
+
+def _to_twin(model: nn.Module) -> None:
+    """Make a packed transformers model its udfc twin class, with the skeleton in ``config.udfc``."""
+    from .. import __version__
+
+    config_cls, model_cls = udfc_twin(model)
+    args = model.udfc_model_args
+    block = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "udfc_hub_version": __version__,
+        "base_model": args["provenance"]["base_model"],
+        "compression": args["provenance"]["settings"],
+        "base_architecture": args["base_architecture"],
+        "channels": args["channels"],
+        "bits": args["bits"],
+        "quantized_layers": args["quantized_layers"],
+        "provenance": args["provenance"],
+    }
+    fields = {
+        k: v for k, v in model.config.to_dict().items() if k not in ("model_type", "transformers_version", "udfc")
+    }
+    fields["architectures"] = [model_cls.__name__]
+    model.config = config_cls.from_dict({**fields, "udfc": block})
+    model.__class__ = model_cls
 
 
 def save_pretrained(
@@ -103,16 +137,21 @@ def save_pretrained(
     args = model.udfc_model_args
     if accuracy is not None:
         args["provenance"]["accuracy"] = _check_accuracy(accuracy)
-    config = _config(model, args)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
+        if hasattr(model, "config") and getattr(model.config, "udfc", None) is not None:  # transformers twin
+            model.config.udfc["provenance"] = args["provenance"]
+            config, state, card_view = _transformers_files(model, tmp)
+        else:
+            config = _config(model, args)
+            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            card_view = config
         (tmp / WEIGHTS_NAME).write_bytes(_serialize(state, _METADATA))
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=card_view is not config) + "\n")
         card = render_card(
-            config=config,
+            config=card_view,
             after=after,
             file_size=(tmp / WEIGHTS_NAME).stat().st_size,
             name=repo_id.split("/")[-1] if repo_id else target.name,
@@ -126,6 +165,35 @@ def save_pretrained(
     return target
 
 
+def _transformers_files(model: nn.Module, tmp: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict]:
+    """config.json, tensors and the card's view of a transformers twin.
+
+    transformers' own ``save_pretrained`` names the tensors (its saved names are the legacy ones, not the module
+    names in memory); its files are written into a scratch folder and only read back from there.
+    """
+    from transformers.utils import logging as hf_logging
+
+    scratch = tmp / ".transformers"
+    progress = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(scratch)
+    finally:
+        if progress:
+            hf_logging.enable_progress_bar()
+    config = json.loads((scratch / CONFIG_NAME).read_text())
+    state = load_file(str(scratch / WEIGHTS_NAME))
+    shutil.rmtree(scratch)
+    block = config["udfc"]
+    card_view = {
+        "library": "transformers",
+        "architecture": config["model_type"],
+        "model_args": {"base_architecture": block["base_architecture"], "provenance": block["provenance"]},
+        "pretrained_cfg": {"license": block["provenance"].get("base_license")},
+    }
+    return config, state, card_view
+
+
 def _packed(result, base_model: str | None) -> tuple[nn.Module, ModelStats]:
     """The model to save and its size; a compression result's size was measured already, a loaded one's is not."""
     if isinstance(result, CompressionResult):
@@ -135,6 +203,14 @@ def _packed(result, base_model: str | None) -> tuple[nn.Module, ModelStats]:
         model.udfc_model_args = copy.deepcopy(result.udfc_model_args)
         if base_model:
             model.udfc_model_args["provenance"]["base_model"] = base_model
+        return model, profile_model(model)
+    if isinstance(result, nn.Module) and getattr(getattr(result, "config", None), "udfc", None):
+        model = copy.copy(result)  # a transformers twin loaded from a folder
+        model.config = copy.deepcopy(result.config)
+        block = model.config.udfc
+        model.udfc_model_args = {"provenance": block["provenance"]}
+        if base_model:
+            block["provenance"]["base_model"] = block["base_model"] = base_model
         return model, profile_model(model)
     raise InvalidArgumentError(
         f"save_pretrained takes the result of udfc_hub.compress or a model loaded from a udfc_hub folder, got "
@@ -318,5 +394,24 @@ def check_artifact(path: str | os.PathLike) -> dict[str, Any]:
 def _skeleton(config: dict[str, Any]) -> nn.Module:
     import timm
 
+    if "model_type" in config:  # a transformers twin: the names in the file are transformers' saved names
+        from transformers import AutoConfig, AutoModelForImageClassification
+
+        hf_config = AutoConfig.for_model(**config)
+        with torch.device("meta"):
+            model = AutoModelForImageClassification.from_config(hf_config)
+        return _SavedNames(model)
     with torch.device("meta"):
         return timm.create_model(config["architecture"], num_classes=config["num_classes"], **config["model_args"])
+
+
+class _SavedNames:
+    """A transformers model's ``state_dict`` under the names its ``save_pretrained`` writes."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        from transformers.core_model_loading import revert_weight_conversion
+
+        return revert_weight_conversion(self.model, self.model.state_dict())

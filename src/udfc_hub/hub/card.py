@@ -39,11 +39,11 @@ def _slug(text: str) -> str:
 _METHOD_TEXT = {
     "udfc+": "The lost channels and the quantization error are repaired in closed form by udfc-hub's `udfc+` method "
     "(UDFC, Bai et al., ICCV 2023, with a ReLU-aware fit and bias and variance corrections from BatchNorm "
-    "moments), using only the weights and BatchNorm statistics of the base model.",
+    "moments), using only the base model's weights (and its BatchNorm statistics, where it has any).",
     "udfc": "The lost channels and the quantization error are repaired in closed form with UDFC (Bai et al., "
-    "ICCV 2023), using only the weights and BatchNorm statistics of the base model.",
+    "ICCV 2023), using only the base model's weights (and its BatchNorm statistics, where it has any).",
     "nm": "Each removed channel is merged into its most similar kept channel (Neuron Merging, Kim et al., "
-    "NeurIPS 2020), using only the weights and BatchNorm statistics of the base model.",
+    "NeurIPS 2020), using only the base model's weights (and its BatchNorm statistics, where it has any).",
     "prune": "No compensation was applied (a baseline).",
     "rtn": "No compensation was applied (a baseline).",
 }
@@ -68,7 +68,8 @@ def render_card(config: dict[str, Any], after: ModelStats, file_size: int, name:
         done.append(f"{ratio:.0%} of the prunable channels removed ({settings['criterion']} criterion)")
     if bits is not None:
         done.append(f"{bits}-bit weights ({settings['granularity']} scales)")
-    tags = ["udfc", "data-free", "image-classification", "timm"]
+    library = config.get("library", "timm")
+    tags = ["udfc", "data-free", "image-classification", library]
     if ratio > 0:
         tags.append("pruned")
     if bits is not None:
@@ -91,7 +92,7 @@ def render_card(config: dict[str, Any], after: ModelStats, file_size: int, name:
         ]
     extra = {"base_model_relation": "quantized"} if bits is not None and base_model else {}
     data = ModelCardData(
-        library_name="timm",
+        library_name=library,
         pipeline_tag="image-classification",
         license=config["pretrained_cfg"].get("license"),
         base_model=base_model,
@@ -116,7 +117,8 @@ def render_card(config: dict[str, Any], after: ModelStats, file_size: int, name:
         n = f" ({acc['n']} images)" if "n" in acc else ""
         accuracy_note = f"Accuracy measured by udfc-hub on {where}{n}."
     storage = f"{bits}-bit codes packed densely with their scales" if bits is not None else "float32 tensors"
-    base_description = f"[{base_model}](https://huggingface.co/{base_model})" if base_model else f"timm `{base_arch}`"
+    kind = "transformers" if library == "transformers" else "timm"
+    base_description = f"[{base_model}](https://huggingface.co/{base_model})" if base_model else f"{kind} `{base_arch}`"
 
     card = ModelCard.from_template(
         data,
@@ -130,6 +132,7 @@ def render_card(config: dict[str, Any], after: ModelStats, file_size: int, name:
         load_id=f"hf-hub:{repo}",
         repo_hint=repo,
         architecture=config["architecture"],
+        library=library,
         storage=storage,
         settings=[(k, v) for k, v in settings.items()],
     )

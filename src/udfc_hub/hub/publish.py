@@ -6,6 +6,7 @@ retry uploads the same bytes.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -65,7 +66,7 @@ def push(
     tok = resolve_token(token)
     settings = config["udfc"]["compression"]
     message = commit_message or (
-        f"Upload {config['architecture']} compressed with udfc-hub {__version__} "
+        f"Upload {config.get('architecture') or config['model_type']} compressed with udfc-hub {__version__} "
         f"(prune_ratio={settings['prune_ratio']}, bits={settings['bits']}, method={settings['method']})"
     )
     api = HfApi(token=tok, library_name="udfc-hub", library_version=__version__)
@@ -117,6 +118,24 @@ def _describe(e: Exception, endpoint: str, repo_id: str) -> str:
     return f"could not reach the Hub at {endpoint} to publish {repo_id} ({type(e).__name__}: {str(e)[:200]})"
 
 
+def _transformers_twin(source: str) -> str | None:
+    """The folder or repo id of a ``local-dir:`` / ``hf-hub:`` source whose config.json has a udfc_ model_type."""
+    kind, _, where = source.partition(":")
+    if kind == "local-dir":
+        path = Path(where) / "config.json"
+        if not path.is_file():
+            return None
+    else:
+        from huggingface_hub import hf_hub_download
+
+        path = Path(hf_hub_download(where, "config.json"))
+    try:
+        model_type = json.loads(path.read_text()).get("model_type", "")
+    except (OSError, ValueError):
+        return None
+    return where if isinstance(model_type, str) and model_type.startswith("udfc_") else None
+
+
 def load_model(
     source: str | nn.Module, checkpoint: str | os.PathLike | None = None, pretrained: bool = True
 ) -> nn.Module:
@@ -150,6 +169,11 @@ def load_model(
     if not pretrained and not hub_source:
         return timm.create_model(source, pretrained=False).eval()
     try:
+        twin = _transformers_twin(source) if hub_source else None
+        if twin is not None:  # a transformers-native udfc artifact (model_type udfc_resnet, ...)
+            from transformers import AutoModelForImageClassification
+
+            return AutoModelForImageClassification.from_pretrained(twin).eval()
         return timm.create_model(source, pretrained=True).eval()
     except UdfcError:
         raise

@@ -21,7 +21,7 @@ from ..surgery import slice_channels
 from .format import FORMAT_VERSION
 from .quantized import quantize_module
 
-__all__ = ["PREFIX", "build_skeleton", "register_compressed", "udfc_name"]
+__all__ = ["PREFIX", "build_skeleton", "register_compressed", "resize_model", "udfc_name"]
 
 PREFIX = "udfc_"
 # timm modules whose models udfc_hub can compress: every one of their names gets a udfc_ twin
@@ -60,7 +60,7 @@ def build_skeleton(
     kwargs.pop("pretrained_cfg_overlay", None)
     model = timm.create_model(base_architecture, pretrained=False, **kwargs)
     spec = describe_model(model)
-    _resize(model, spec, channels)
+    resize_model(model, spec, channels)
     for name, scale_shape in (quantized_layers or {}).items():
         if bits is None:
             raise ArtifactError("model_args lists quantized layers but no 'bits'")
@@ -83,7 +83,7 @@ def _get(model: nn.Module, name: str) -> nn.Module:
         raise ArtifactError(f"config.json names layer {name!r}, which the base model does not have") from None
 
 
-def _resize(model: nn.Module, spec: ModelSpec, channels: dict[str, int]) -> None:
+def resize_model(model: nn.Module, spec: ModelSpec, channels: dict[str, int]) -> None:
     """Give pruned producers, their norms, aligned modules and consumers their stored widths (empty values)."""
     groups = {g.producer.name: g for g in spec.groups}
     for name, width in channels.items():

@@ -1,0 +1,211 @@
+"""Beyond the paper: every data-free compensation variant on the fixture CIFAR-10 ResNet-56, with the targets.
+
+    python benchmarks/cifar10_plus.py                 # all variants, all 10k images: ~15 min on 2 cores
+    python benchmarks/cifar10_plus.py --limit 500     # a quick look
+
+Each variant is one ``udfc_hub.compress`` call (its keyword arguments are printed in the table), so any row can be
+reproduced from the Python API. The variants that lost stay in the table. Writes
+benchmarks/results/cifar10_plus.json (one row per run) and cifar10_plus.md. l2 criterion throughout, as in the
+paper's Table 2. Needs the shared fixtures (UDFC_FIXTURES).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import timm
+
+import udfc_hub
+from udfc_hub.evaluation import load_eval_data, predict
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("UDFC_FIXTURES", REPO.parent / "shared" / "fixtures"))
+CHECKPOINTS = {"cifar_resnet56": "resnet56-4bfd9763.th", "cifar_resnet20": "resnet20-12fca82f.th"}
+RATIOS = (0.3, 0.4, 0.5)
+
+# Pruning only, full-precision weights: (label, compress keyword arguments, what it is)
+PRUNE_VARIANTS = [
+    ("prune", dict(method="prune"), "no compensation"),
+    ("nm", dict(method="nm"), "Neuron Merging, its released code's rule (the paper's baseline)"),
+    ("udfc", dict(method="udfc"), "the paper as written: linear fit of BN-folded filters, alpha1 = 0.01"),
+    ("prune + bc", dict(method="prune", bias_correction=True), "plain pruning, each removed channel's mean kept"),
+    (
+        "nm + bc + vc",
+        dict(method="nm", bias_correction=True, variance_correction=True),
+        "Neuron Merging plus udfc+'s two BN corrections",
+    ),
+    (
+        "udfc + bc",
+        dict(method="udfc", bias_correction=True),
+        "the paper's linear fit plus the mean it misses (intercept into the next BN)",
+    ),
+    (
+        "udfc + bc + vc",
+        dict(method="udfc", bias_correction=True, variance_correction=True),
+        "the paper's linear fit plus both BN corrections",
+    ),
+    (
+        "udfc+ nonneg",
+        dict(fit="linear", nonnegative=True),
+        "udfc+ with the linear fit constrained to scales >= 0",
+    ),
+    ("udfc+ no vc", dict(variance_correction=False), "udfc+ without the variance correction"),
+    ("udfc+", dict(), "ReLU-aware moment fit + bias correction + variance correction (the default)"),
+    (
+        "udfc+ adaptive",
+        dict(layer_ratios="adaptive"),
+        "udfc+ with per-layer ratios from the reconstruction-loss curves (same total)",
+    ),
+]
+
+# Quantization only, 4-bit weights unless the label says otherwise
+QUANT_VARIANTS = [
+    ("rtn, tensor", dict(method="rtn", granularity="tensor"), "round to nearest, one scale per tensor"),
+    ("udfc, tensor", dict(method="udfc", granularity="tensor"), "the paper: per-tensor scale, t on the BN output"),
+    ("rtn, channel", dict(method="rtn", granularity="channel"), "one scale per output channel"),
+    ("udfc, channel", dict(method="udfc", granularity="channel"), "the paper's t with per-channel scales"),
+    (
+        "scale t, channel",
+        dict(method="rtn", quant_correction="scale"),
+        "t = <w~, w> / <w~, w~> folded into each channel's scale, bias untouched",
+    ),
+    (
+        "scale t + bc, channel",
+        dict(quant_correction="scale"),
+        "the folded t and the bias correction",
+    ),
+    ("udfc+, tensor", dict(granularity="tensor"), "bias correction from the BN-matched probe, per-tensor scales"),
+    ("udfc+", dict(), "bias correction from the BN-matched probe, per-channel scales (the default)"),
+]
+
+COMBINED = [
+    ("udfc, tensor", dict(method="udfc", granularity="tensor"), "the paper (Table 2 setting)"),
+    ("udfc+", dict(), "the default"),
+    ("udfc+, tensor", dict(granularity="tensor"), "udfc+ with per-tensor scales"),
+    ("udfc+ adaptive", dict(layer_ratios="adaptive"), "udfc+ with adaptive per-layer ratios"),
+]
+
+
+def runs() -> list[tuple[str, str, float, int | None, dict]]:
+    """(section, label, prune_ratio, bits, kwargs) of every run."""
+    out = [("prune", label, r, None, kw) for r in RATIOS for label, kw, _ in PRUNE_VARIANTS]
+    out += [("quant", label, 0.0, 4, kw) for label, kw, _ in QUANT_VARIANTS]
+    out += [("quant", label, 0.0, 6, kw) for label, kw, _ in QUANT_VARIANTS if label in ("rtn, channel", "udfc+")]
+    out += [("combined", label, 0.3, 4, kw) for label, kw, _ in COMBINED]
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--limit", type=int, help="evaluate N evenly spaced images only (smoke runs)")
+    ap.add_argument("--model", default="cifar_resnet56", choices=list(CHECKPOINTS))
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    args = ap.parse_args(argv)
+
+    data_path = FIXTURES / "cifar10" / "cifar10_test_jpeg_q75.npz"
+    if not data_path.exists():
+        sys.exit(f"fixture missing: {data_path} (set UDFC_FIXTURES)")
+    data = load_eval_data(data_path)
+    data = data.subset(args.limit) if args.limit else data
+    ckpt = FIXTURES / "weights" / "akamaster_resnet_cifar10" / CHECKPOINTS[args.model]
+    model = timm.create_model(args.model, checkpoint_path=str(ckpt)).eval()
+    fp_pred = predict(model, data, batch_size=500)
+    fp = udfc_hub.evaluate(model, data, batch_size=500)
+    print(f"{args.model}: FP top-1 {fp['top1']:.2f} on {fp['n']} images", flush=True)
+    rows = [dict(section="fp", label="fp", prune_ratio=0.0, bits=None, kwargs={}, top1=fp["top1"], n=fp["n"])]
+    for section, label, ratio, bits, kw in runs():
+        t0 = time.perf_counter()
+        result = udfc_hub.compress(model, prune_ratio=ratio, bits=bits, criterion="l2", **kw)
+        secs = time.perf_counter() - t0
+        res = udfc_hub.evaluate(result.model, data, batch_size=500, reference=fp_pred)
+        rows.append(
+            dict(
+                section=section,
+                label=label,
+                prune_ratio=ratio,
+                bits=bits,
+                kwargs=kw,
+                top1=res["top1"],
+                agreement=res["agreement"],
+                n=res["n"],
+                compress_seconds=round(secs, 3),
+            )
+        )
+        print(f"  {section:8} {label:22} ratio={ratio} bits={bits}: top-1 {res['top1']:.2f} ({secs:.2f} s)", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "cifar10_plus.json").write_text(json.dumps(rows, indent=1) + "\n")
+    md = markdown(rows, args.model, " ".join(sys.argv[1:] if argv is None else argv))
+    (args.out / "cifar10_plus.md").write_text(md)
+    print(md.split("## Targets", 1)[1] if "## Targets" in md else "")
+    print(f"wrote {args.out}/cifar10_plus.json and .md")
+
+
+def _get(rows, section, label, ratio, bits):
+    for r in rows:
+        if (r["section"], r["label"], r["prune_ratio"], r["bits"]) == (section, label, ratio, bits):
+            return r["top1"]
+    return None
+
+
+def _kw(kw: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kw.items()) or "(defaults)"
+
+
+def markdown(rows, model: str, cli_args: str) -> str:
+    fp = rows[0]["top1"]
+    n = rows[0]["n"]
+    out = [
+        f"# {model}: data-free compensation variants (FP {fp:.2f}, {n} fixture images, l2)",
+        "",
+        f"Command: `python benchmarks/cifar10_plus.py{' ' + cli_args if cli_args else ''}`.",
+        "Every row is `udfc_hub.compress(model, prune_ratio, bits, criterion='l2', **kwargs)` with the kwargs shown;",
+        "the method's own defaults fill the rest (`udfc_hub.engine.PRESETS`). Per-channel scales unless noted.",
+        "'vs udfc+' is the row's top-1 minus the default method's in the same setting.",
+        "",
+        "## Pruning only (full-precision weights)",
+        "",
+        "| variant | kwargs | 30 % | 40 % | 50 % | vs udfc+ (30 / 40 / 50) | what it is |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, kw, what in PRUNE_VARIANTS:
+        v = [_get(rows, "prune", label, r, None) for r in RATIOS]
+        ref = [_get(rows, "prune", "udfc+", r, None) for r in RATIOS]
+        pairs = zip(v, ref, strict=True)
+        delta = " / ".join(f"{a - b:+.2f}" if a is not None and b is not None else "-" for a, b in pairs)
+        out.append(f"| {label} | `{_kw(kw)}` | " + " | ".join(_f(x) for x in v) + f" | {delta} | {what} |")
+    out += ["", "## Quantization only", "", "| variant | kwargs | 4-bit | 6-bit | drop at 4 bits | what it is |"]
+    out.append("|---|---|---|---|---|---|")
+    for label, kw, what in QUANT_VARIANTS:
+        q4, q6 = _get(rows, "quant", label, 0.0, 4), _get(rows, "quant", label, 0.0, 6)
+        out.append(f"| {label} | `{_kw(kw)}` | {_f(q4)} | {_f(q6)} | {_f(fp - q4 if q4 else None)} | {what} |")
+    out += ["", "## 30 % pruning + 4-bit weights", "", "| variant | kwargs | top-1 | drop | what it is |"]
+    out.append("|---|---|---|---|---|")
+    for label, kw, what in COMBINED:
+        v = _get(rows, "combined", label, 0.3, 4)
+        out.append(f"| {label} | `{_kw(kw)}` | {_f(v)} | {_f(fp - v if v else None)} | {what} |")
+    out += ["", "## Targets (issue 8)", ""]
+    prune_labels = [label for label, _, _ in PRUNE_VARIANTS if label not in ("prune", "nm")]
+    for r in RATIOS:
+        nm = _get(rows, "prune", "nm", r, None)
+        best = max(prune_labels, key=lambda lab: _get(rows, "prune", lab, r, None) or -1)
+        top = _get(rows, "prune", best, r, None)
+        ok = "met" if top is not None and nm is not None and top >= nm + 3 else "NOT met"
+        out.append(f"- prune {r:.0%}: best {best} {_f(top)} vs NM {_f(nm)} + 3 = {_f(nm + 3 if nm else None)}: {ok}")
+    c = _get(rows, "combined", "udfc+", 0.3, 4)
+    out.append(f"- 30 % + 4-bit, udfc+: drop {_f(fp - c)} (target <= 10): {'met' if fp - c <= 10 else 'NOT met'}")
+    q = _get(rows, "quant", "udfc+", 0.0, 4)
+    out.append(f"- 4-bit only, udfc+: drop {_f(fp - q)} (target <= 2): {'met' if fp - q <= 2 else 'NOT met'}")
+    return "\n".join(out) + "\n"
+
+
+def _f(v):
+    return "-" if v is None else f"{v:.2f}"
+
+
+if __name__ == "__main__":
+    main()

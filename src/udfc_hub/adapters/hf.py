@@ -1,0 +1,81 @@
+"""transformers image classifiers: ``ResNetForImageClassification``, ``ConvNextForImageClassification`` and
+``ViTForImageClassification`` (module names as transformers 5 has them in memory).
+
+ResNet: each residual layer's inner channels are pruned (every ``layer.k`` conv but the last, compensated in the
+next one), as for timm ResNets; the residual stream, shortcuts and classifier are not. ConvNeXt and ViT: the MLP
+hidden units (``pwconv1``/``pwconv2``, ``mlp.fc1``/``mlp.fc2``) with the Linear/no-BN algebra. Every conv and
+linear weight is quantized.
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+from transformers import ConvNextForImageClassification, ResNetForImageClassification, ViTForImageClassification
+
+from .base import ChannelGroup, Consumer, Layer, ModelSpec
+
+
+def _all_weight_layers(model: nn.Module) -> tuple[Layer, ...]:
+    return tuple(Layer(n) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+
+
+class HFResNetAdapter:
+    family = "transformers ResNet (ResNetForImageClassification)"
+    examples = "microsoft/resnet-18, microsoft/resnet-50, ResNetConfig(...)"
+
+    def matches(self, model: nn.Module) -> bool:
+        return isinstance(model, ResNetForImageClassification)
+
+    def describe(self, model: nn.Module) -> ModelSpec:
+        stem = "resnet.embedder.embedder"
+        layers = [Layer(f"{stem}.convolution", f"{stem}.normalization")]
+        groups = []
+        for s, stage in enumerate(model.resnet.encoder.stages):
+            for i, block in enumerate(stage.layers):
+                p = f"resnet.encoder.stages.{s}.layers.{i}"
+                convs = [
+                    Layer(f"{p}.layer.{k}.convolution", f"{p}.layer.{k}.normalization") for k in range(len(block.layer))
+                ]
+                layers += convs
+                for k in range(len(convs) - 1):
+                    relu = isinstance(block.layer[k].activation, nn.ReLU)
+                    groups.append(
+                        ChannelGroup(convs[k], (Consumer(convs[k + 1].name),), scale_commutes=relu, relu_moments=relu)
+                    )
+                if hasattr(block.shortcut, "convolution"):
+                    layers.append(Layer(f"{p}.shortcut.convolution", f"{p}.shortcut.normalization"))
+        if isinstance(model.classifier[-1], nn.Linear):
+            layers.append(Layer(f"classifier.{len(model.classifier) - 1}"))
+        return ModelSpec(family=self.family, layers=tuple(layers), groups=tuple(groups))
+
+
+class HFConvNextAdapter:
+    family = "transformers ConvNeXt (ConvNextForImageClassification)"
+    examples = "facebook/convnext-tiny-224, ConvNextConfig(...)"
+
+    def matches(self, model: nn.Module) -> bool:
+        return isinstance(model, ConvNextForImageClassification)
+
+    def describe(self, model: nn.Module) -> ModelSpec:
+        groups = tuple(
+            ChannelGroup(Layer(f"{n}.pwconv1"), (Consumer(f"{n}.pwconv2"),), scale_commutes=False)
+            for n, m in model.named_modules()
+            if isinstance(getattr(m, "pwconv1", None), nn.Linear) and isinstance(getattr(m, "pwconv2", None), nn.Linear)
+        )
+        return ModelSpec(family=self.family, layers=_all_weight_layers(model), groups=groups)
+
+
+class HFViTAdapter:
+    family = "transformers ViT (ViTForImageClassification)"
+    examples = "google/vit-base-patch16-224, ViTConfig(...)"
+
+    def matches(self, model: nn.Module) -> bool:
+        return isinstance(model, ViTForImageClassification)
+
+    def describe(self, model: nn.Module) -> ModelSpec:
+        groups = tuple(
+            ChannelGroup(Layer(f"{n}.fc1"), (Consumer(f"{n}.fc2"),), scale_commutes=False)
+            for n, m in model.named_modules()
+            if n.endswith(".mlp") and isinstance(getattr(m, "fc1", None), nn.Linear)
+        )
+        return ModelSpec(family=self.family, layers=_all_weight_layers(model), groups=groups)

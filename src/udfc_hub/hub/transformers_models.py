@@ -1,0 +1,148 @@
+"""transformers-native twins of ResNet, ConvNeXt and ViT image classifiers with per-layer widths and packed weights.
+
+A compressed ``ResNetForImageClassification`` cannot load into the stock class (its widths differ per layer, and
+its quantized layers store packed codes), so it is saved under its own ``model_type``: ``udfc_resnet``,
+``udfc_convnext`` or ``udfc_vit``. Importing ``udfc_hub`` registers these with ``AutoConfig`` and
+``AutoModelForImageClassification``; without the import, transformers fails loudly ("does not recognize this
+architecture") instead of loading random weights. The config is the base config plus a ``udfc`` block (format
+version, kept channels, bits, scale shapes, provenance); the model class builds the base model, shrinks and
+quantizes it to match, and transformers' own loader fills it from ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch.nn as nn
+from huggingface_hub.dataclasses import strict
+from transformers import (
+    AutoConfig,
+    AutoModelForImageClassification,
+    ConvNextConfig,
+    ConvNextForImageClassification,
+    ResNetConfig,
+    ResNetForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
+)
+
+from ..adapters import describe_model
+from ..errors import ArtifactError
+from .format import FORMAT, FORMAT_VERSION
+from .quantized import quantize_module
+from .timm_models import resize_model
+
+__all__ = [
+    "UdfcResNetConfig",
+    "UdfcResNetForImageClassification",
+    "UdfcConvNextConfig",
+    "UdfcConvNextForImageClassification",
+    "UdfcViTConfig",
+    "UdfcViTForImageClassification",
+    "is_transformers_model",
+    "udfc_twin",
+]
+
+
+class _UdfcModelMixin:
+    """Shrinks and quantizes the freshly built base model to what ``config.udfc`` describes."""
+
+    config: Any
+
+    def _udfc_build(self) -> None:
+        block = self.config.udfc or {}
+        if block.get("format") != FORMAT:
+            raise ArtifactError(f"config has no udfc block of format {FORMAT!r}: not a udfc_hub artifact.")
+        if block.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(
+                f"this artifact uses udfc format version {block.get('format_version')!r}; this udfc_hub reads "
+                f"version {FORMAT_VERSION}. Upgrade udfc-hub: pip install -U udfc-hub"
+            )
+        resize_model(self, describe_model(self), block.get("channels") or {})
+        bits = block.get("bits")
+        quantized = block.get("quantized_layers") or {}
+        for name, scale_shape in quantized.items():
+            if bits is None:
+                raise ArtifactError("config.json lists quantized layers but no 'bits'")
+            try:
+                module = self.get_submodule(name)
+            except AttributeError:
+                raise ArtifactError(f"config.json names layer {name!r}, which the base model does not have") from None
+            quantize_module(module, bits, tuple(scale_shape))
+        # the float weight of a quantized layer is not in the file: it is derived from the codes (``_init_weights``)
+        patterns = {rf"(^|\.){re.escape(name)}\.weight$" for name in quantized}
+        self._keys_to_ignore_on_load_missing = set(self._keys_to_ignore_on_load_missing or ()) | patterns
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if hasattr(module, "init_non_persistent_buffers"):  # a quantized layer: weight = dequantized codes
+            module.init_non_persistent_buffers()
+
+
+@strict
+class UdfcResNetConfig(ResNetConfig):
+    model_type = "udfc_resnet"
+    udfc: dict | None = None
+
+
+@strict
+class UdfcConvNextConfig(ConvNextConfig):
+    model_type = "udfc_convnext"
+    udfc: dict | None = None
+
+
+@strict
+class UdfcViTConfig(ViTConfig):
+    model_type = "udfc_vit"
+    udfc: dict | None = None
+
+
+class UdfcResNetForImageClassification(_UdfcModelMixin, ResNetForImageClassification):
+    config_class = UdfcResNetConfig
+
+    def __init__(self, config: UdfcResNetConfig):
+        super().__init__(config)
+        self._udfc_build()
+
+
+class UdfcConvNextForImageClassification(_UdfcModelMixin, ConvNextForImageClassification):
+    config_class = UdfcConvNextConfig
+
+    def __init__(self, config: UdfcConvNextConfig):
+        super().__init__(config)
+        self._udfc_build()
+
+
+class UdfcViTForImageClassification(_UdfcModelMixin, ViTForImageClassification):
+    config_class = UdfcViTConfig
+
+    def __init__(self, config: UdfcViTConfig):
+        super().__init__(config)
+        self._udfc_build()
+
+
+# stock class -> (udfc config class, udfc model class)
+_TWINS: dict[type, tuple[type, type]] = {
+    ResNetForImageClassification: (UdfcResNetConfig, UdfcResNetForImageClassification),
+    ConvNextForImageClassification: (UdfcConvNextConfig, UdfcConvNextForImageClassification),
+    ViTForImageClassification: (UdfcViTConfig, UdfcViTForImageClassification),
+}
+
+
+def is_transformers_model(model: nn.Module) -> bool:
+    """A transformers image classifier that udfc_hub saves natively (stock or already a udfc twin)."""
+    return isinstance(model, tuple(_TWINS))
+
+
+def udfc_twin(model: nn.Module) -> tuple[type, type]:
+    """The (config class, model class) a compressed ``model`` is saved as."""
+    for stock, twin in _TWINS.items():
+        if isinstance(model, stock):
+            return twin
+    raise ArtifactError(f"{type(model).__name__} has no udfc transformers twin")
+
+
+for _config_cls, _model_cls in _TWINS.values():
+    AutoConfig.register(_config_cls.model_type, _config_cls, exist_ok=True)
+    AutoModelForImageClassification.register(_config_cls, _model_cls, exist_ok=True)
