@@ -123,19 +123,42 @@ def test_efficientnet_family_quantizes_everything_and_prunes_the_head(name, tmp_
     model = timm.create_model(name).eval()
     spec = describe_model(model)
     _check_spec(model, spec)
-    assert [g.producer.name for g in spec.groups] == ["conv_head"] and spec.notes
+    assert spec.groups[-1].producer.name == "conv_head" and spec.notes
+    expansions = spec.groups[:-1]
+    assert expansions and all(not g.closed_form and g.producer.name.endswith("conv_pw") for g in expansions)
     paper = udfc_hub.compress(model, prune_ratio=0.25, bits=6, method="udfc")
     assert all(r.correction in ("norm", "rows") for r in paper.report.layers)  # t never reaches a consumer
     result = udfc_hub.compress(model, prune_ratio=0.25, bits=6)
     assert result.model.conv_head.out_channels == 960 and result.model.classifier.in_features == 960
-    # depthwise-coupled expansion channels are left alone
+    # depthwise-coupled expansion channels are left alone by every compensating method
     assert [r.name for r in result.report.pruned_layers] == ["conv_head"]
     # udfc+ removes the expected quantization shift of every layer with a BN after it
     assert all(r.bias_shift is not None for r in result.report.layers if r.name != "classifier")
-    loaded = timm.create_model(f"local-dir:{udfc_hub.save_pretrained(result, tmp_path / 'm')}", pretrained=True)
     x = torch.randn(1, 3, 96, 96)
+    loaded = timm.create_model(f"local-dir:{udfc_hub.save_pretrained(result, tmp_path / 'm')}", pretrained=True)
     with torch.inference_mode():
         assert (loaded.eval()(x) - result.model(x)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "mobilenetv2_100"])
+def test_plain_pruning_removes_depthwise_coupled_channels(name, tmp_path):
+    model = timm.create_model(name).eval()
+    spec = describe_model(model)
+    result = udfc_hub.compress(model, prune_ratio=0.25, bits=None, method="prune")
+    assert len(result.report.pruned_layers) == len(spec.groups)
+    for group in spec.groups[:-1]:
+        block = result.model.get_submodule(group.producer.name.rsplit(".", 1)[0])
+        n = block.conv_pw.out_channels
+        assert n == int(0.75 * model.get_submodule(group.producer.name).out_channels)
+        assert block.conv_dw.groups == block.conv_dw.out_channels == block.bn2.num_features == n
+        assert block.conv_pwl.in_channels == n
+        if hasattr(block.se, "conv_reduce"):
+            assert block.se.conv_reduce.in_channels == block.se.conv_expand.out_channels == n
+    x = torch.randn(1, 3, 96, 96)
+    loaded = timm.create_model(f"local-dir:{udfc_hub.save_pretrained(result, tmp_path / 'm')}", pretrained=True)
+    with torch.inference_mode():
+        assert (loaded.eval()(x) - result.model(x)).abs().max() <= 1e-5
+    assert sum(p.numel() for p in loaded.parameters()) == result.report.after.params
 
 
 @pytest.mark.parametrize(

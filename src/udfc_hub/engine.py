@@ -316,7 +316,8 @@ class _Run:
         moments = None
         report = LayerReport(name=layer.name, out_channels=n_out, kept_channels=n_out, bits=s["bits"])
 
-        if group is not None and s["prune_ratio"] > 0:
+        # n_keep lacks the groups with no closed form unless method="prune" (the adapter's note says so)
+        if group is not None and s["prune_ratio"] > 0 and layer.name in self.n_keep:
             src = self.original if s["reference"] == "original" else self.model
             ref = src.get_submodule(layer.name)
             ref_norm = src.get_submodule(layer.norm) if layer.norm else None
@@ -349,6 +350,8 @@ class _Run:
                 slice_channels(norm, keep)
             for name in group.aligned:
                 slice_channels(self.model.get_submodule(name), keep)
+                if name in self.means and self.means[name].shape[0] == n_out:  # a depthwise conv's input
+                    self.means[name] = self.means[name][keep]
             report.kept_channels = len(keep)
 
         t = None
@@ -465,12 +468,13 @@ def _allocate(model: nn.Module, spec: ModelSpec, s: dict[str, Any]) -> dict[str,
     """Kept channels per pruned group. ``uniform``: floor((1 - ratio) n) each. ``adaptive``: the same total
     number of pruned channels, spread greedily to the groups whose relative reconstruction loss (UDFC's linear
     fit, bias term left out) grows least, each group keeping at least 10 % of its channels."""
-    sizes = {g.producer.name: model.get_submodule(g.producer.name).weight.shape[0] for g in spec.groups}
+    groups = [g for g in spec.groups if g.closed_form or s["method"] == "prune"]
+    sizes = {g.producer.name: model.get_submodule(g.producer.name).weight.shape[0] for g in groups}
     uniform = {name: max(1, math.floor(round((1 - s["prune_ratio"]) * n, 9))) for name, n in sizes.items()}
     if s["layer_ratios"] == "uniform" or not uniform:
         return uniform
     curves = {}
-    for g in spec.groups:
+    for g in groups:
         mod = model.get_submodule(g.producer.name)
         norm = model.get_submodule(g.producer.norm) if g.producer.norm else None
         folded = fold_batchnorm(mod.weight, mod.bias, *_bn_params(norm))

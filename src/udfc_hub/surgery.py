@@ -25,6 +25,8 @@ def slice_channels(module: nn.Module, keep: torch.Tensor, dim: int = 0) -> None:
     """
     n_old = module.weight.shape[dim]
     idx = keep.to(module.weight.device)
+    if dim == 0 and isinstance(module, nn.Conv2d) and module.groups == n_old and module.groups > 1:
+        module.groups = len(keep)  # a depthwise conv stays depthwise: one group per kept channel
     for name, p in list(module.named_parameters(recurse=False)):
         if name == "weight" or (dim == 0 and p.ndim >= 1 and p.shape[0] == n_old):
             set_param(module, name, p.detach().index_select(dim, idx))

@@ -40,7 +40,9 @@ class ChannelGroup:
     ``relu_moments`` says the producer has a BatchNorm whose output reaches the consumers through a plain ReLU
     and nothing else (no pooling, no addition): the moments after the ReLU then follow from the BN statistics,
     which ``method="udfc+"`` uses for its activation-space fit, bias and variance corrections. Without it those
-    steps fall back to UDFC's linear fit with no correction for this group.
+    steps fall back to UDFC's linear fit with no correction for this group. ``closed_form=False`` marks channels
+    with no closed-form compensation (they pass through a depthwise conv): only ``method="prune"`` removes them;
+    the other methods leave them whole and say so in the report.
     """
 
     producer: Layer
@@ -48,6 +50,7 @@ class ChannelGroup:
     aligned: tuple[str, ...] = ()
     scale_commutes: bool = True
     relu_moments: bool = False
+    closed_form: bool = True
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,14 @@
 Quantized: every conv (stem, pointwise, depthwise, SE) and the classifier; each layer's correction is folded into
 its own BatchNorm (or its output rows without one), since expansion channels feed a depthwise conv and the
 activations (ReLU6, SiLU) do not commute with scaling. Pruned: the head conv's channels, compensated in the
-classifier. Channels that pass through a depthwise conv have no closed form in the paper: they are never pruned.
+classifier. The expansion channels of each inverted-residual block (conv_pw out, through conv_dw, bn2 and the SE,
+into conv_pwl) have no closed form in the paper: only ``method="prune"`` removes them, without compensation.
 """
 
 from __future__ import annotations
 
 import torch.nn as nn
+from timm.models._efficientnet_blocks import InvertedResidual
 from timm.models.efficientnet import EfficientNet
 
 from .base import ChannelGroup, Consumer, Layer, ModelSpec, conv_norm_pairs
@@ -25,7 +27,11 @@ class TimmEfficientNetAdapter:
         layers = [Layer("conv_stem", "bn1")]
         for name, module in model.blocks.named_modules(prefix="blocks"):
             layers.extend(conv_norm_pairs(module, name))
-        groups = []
+        groups = [
+            _expansion_group(name, block)
+            for name, block in model.blocks.named_modules(prefix="blocks")
+            if type(block) is InvertedResidual
+        ]
         head = None
         if isinstance(getattr(model, "conv_head", None), nn.Conv2d):
             head = Layer("conv_head", "bn2")
@@ -34,5 +40,18 @@ class TimmEfficientNetAdapter:
             layers.append(Layer("classifier"))
             if head is not None:
                 groups.append(ChannelGroup(head, (Consumer("classifier"),), scale_commutes=False))
-        notes = ("channels that feed a depthwise conv are never pruned (no closed form); only the head is pruned",)
+        notes = (
+            "expansion channels pass through a depthwise conv (no closed form): udfc, udfc+ and nm prune only the "
+            "head; method='prune' also removes expansion channels, without compensation",
+        )
         return ModelSpec(family=self.family, layers=tuple(layers), groups=tuple(groups), notes=notes)
+
+
+def _expansion_group(p: str, block: InvertedResidual) -> ChannelGroup:
+    """conv_pw's outputs, which run through conv_dw, bn2 and the squeeze-excite into conv_pwl."""
+    se = block.se if hasattr(block.se, "conv_reduce") else None
+    consumers = (Consumer(f"{p}.conv_pwl"),) + ((Consumer(f"{p}.se.conv_reduce"),) if se is not None else ())
+    aligned = (f"{p}.conv_dw", f"{p}.bn2") + ((f"{p}.se.conv_expand",) if se is not None else ())
+    return ChannelGroup(
+        Layer(f"{p}.conv_pw", f"{p}.bn1"), consumers, aligned=aligned, scale_commutes=False, closed_form=False
+    )
