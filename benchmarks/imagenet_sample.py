@@ -2,9 +2,10 @@
 
     python benchmarks/imagenet_sample.py [--limit N] [--bits 4 6 8] [--granularity tensor channel]
 
-Quantization only: FP, then rtn vs udfc at each bit-width and quantizer granularity; top-1, top-5 and top-1
-agreement with FP on the 1,000-image sample fixture (one image per class, easier than the validation set: use
-it for before/after, not absolute claims). Writes benchmarks/results/imagenet_sample.json and .md.
+Quantization only: FP, then rtn, udfc (the paper) and udfc+ (the default) at each bit-width and quantizer
+granularity; top-1, top-5 and top-1 agreement with FP on the 1,000-image sample fixture (one image per class,
+easier than the validation set: use it for before/after, not absolute claims). Writes
+benchmarks/results/imagenet_sample.json and .md.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bits", nargs="+", type=int, default=[4, 6, 8])
     ap.add_argument("--granularity", nargs="+", default=["tensor", "channel"], choices=["tensor", "channel"])
-    ap.add_argument("--methods", nargs="+", default=["rtn", "udfc"], choices=list(udfc_hub.METHODS))
+    ap.add_argument("--methods", nargs="+", default=["rtn", "udfc", "udfc+"], choices=list(udfc_hub.METHODS))
     ap.add_argument("--limit", type=int, help="N evenly spaced images only (smoke runs)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = ap.parse_args(argv)

