@@ -141,7 +141,8 @@ def save_pretrained(
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        if hasattr(model, "config") and getattr(model.config, "udfc", None) is not None:  # transformers twin
+        twin = getattr(getattr(model, "config", None), "udfc", None) is not None  # a transformers twin
+        if twin:
             model.config.udfc["provenance"] = args["provenance"]
             config, state, card_view = _transformers_files(model, tmp)
         else:
@@ -149,7 +150,8 @@ def save_pretrained(
             state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
             card_view = config
         (tmp / WEIGHTS_NAME).write_bytes(_serialize(state, _METADATA))
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=card_view is not config) + "\n")
+        # timm's layout keeps its key order; transformers writes its config sorted, and so do we
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=twin) + "\n")
         card = render_card(
             config=card_view,
             after=after,
