@@ -70,6 +70,20 @@ def test_compress_prints_a_summary_table(ckpt, tmp_path):
     assert proc.returncode == 0 and "parameters" in proc.stdout and "saved" in proc.stdout
 
 
+def test_method_options_reach_the_artifact(ckpt, tmp_path):
+    args = ("--method", "udfc", "--fit", "relu", "--bias-correction", "--no-variance-correction")
+    proc = run("compress", "cifar_resnet20", "--checkpoint", ckpt, *args, "--out", tmp_path / "m", "--json", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    settings = json.loads((tmp_path / "m" / "config.json").read_text())["udfc"]["compression"]
+    assert settings["method"] == "udfc" and settings["fit"] == "relu" and settings["granularity"] == "channel"
+    assert settings["bias_correction"] is True and settings["variance_correction"] is False
+    assert settings["quant_correction"] == "udfc"  # left to the method's preset
+    proc = run(
+        "compress", "cifar_resnet20", "--checkpoint", ckpt, "--method", "nm", "--fit", "relu", "--out", tmp_path / "n"
+    )
+    assert proc.returncode == 2 and "fit applies to method udfc or udfc+ only" in proc.stderr
+
+
 def test_eval_a_saved_folder(saved):
     out, summary = saved
     proc = run("eval", out, "--data", require(CIFAR_LOSSLESS), "--json", "--quiet")
