@@ -39,7 +39,8 @@ def _slug(text: str) -> str:
 _METHOD_TEXT = {
     "udfc+": "The lost channels and the quantization error are repaired in closed form by udfc-hub's `udfc+` method "
     "(UDFC, Bai et al., ICCV 2023, with a ReLU-aware fit and bias and variance corrections from BatchNorm "
-    "moments), using only the base model's weights (and its BatchNorm statistics, where it has any).",
+    "moments where the layers allow them), using only the base model's weights (and its BatchNorm statistics, "
+    "where it has any).",
     "udfc": "The lost channels and the quantization error are repaired in closed form with UDFC (Bai et al., "
     "ICCV 2023), using only the base model's weights (and its BatchNorm statistics, where it has any).",
     "nm": "Each removed channel is merged into its most similar kept channel (Neuron Merging, Kim et al., "
