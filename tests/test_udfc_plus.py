@@ -4,9 +4,11 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+from timm.layers import Conv2dSame
 
 import udfc_hub
-from udfc_hub.ops import relu_mean
+from udfc_hub.hub.quantized import quantize_module
+from udfc_hub.ops import quantize_dorefa, relu_mean
 from udfc_hub.probe import probe_input_means
 
 
@@ -65,6 +67,20 @@ def test_probe_leaves_the_model_untouched_and_matches_bn_moments():
     expected = relu_mean(bn.bias.detach(), bn.weight.detach().abs())
     assert torch.allclose(centre, expected, rtol=0.1, atol=0.02)
     assert means["linear"].shape == (64,)
+
+
+def test_probe_pads_timm_same_convs_and_their_quantized_twins_alike():
+    model = timm.create_model("tf_efficientnet_lite0").eval()
+    name = "blocks.1.0.conv_dw"  # a stride-2 TF-"same" conv: its padding is asymmetric and applied in forward
+    assert isinstance(model.get_submodule(name), Conv2dSame)
+    plain = probe_input_means(model, [name], (3, 64, 64))[name]
+    module = model.get_submodule(name)
+    qt = quantize_dorefa(module.weight, 8, "channel")
+    quantize_module(module, 8, tuple(qt.scale.shape)).set_codes(qt)  # changes this layer only, not its input
+    assert type(module).__name__ == "QuantizedConv2dSame"
+    assert torch.equal(probe_input_means(model, [name], (3, 64, 64))[name], plain)
+    # the bottom-right tap reads the zero padding that pad_same adds on that side only
+    assert not torch.allclose(plain[:, 2, 2], plain[:, 0, 0])
 
 
 def test_udfc_plus_prunes_constant_channels_exactly(two_conv):

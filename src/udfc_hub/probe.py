@@ -15,6 +15,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import Conv2dSame, pad_same
 
 __all__ = ["has_batchnorm", "probe_input_means", "probe_batch_size"]
 
@@ -89,9 +90,7 @@ def _conv_hook(name: str, out: dict):
     def hook(module, inputs):
         x = inputs[0].detach().to(torch.float64).mean(0, keepdim=True)  # (1, C, H, W)
         padding = module.padding
-        if type(module).__name__ == "Conv2dSame":  # timm's TF "same" padding, applied inside forward
-            from timm.layers import pad_same
-
+        if isinstance(module, Conv2dSame):  # timm's TF "same" padding (its quantized twin too), done in forward
             x, padding = pad_same(x, module.kernel_size, module.stride, module.dilation), (0, 0)
         elif padding == "valid":
             padding = (0, 0)
