@@ -376,8 +376,7 @@ def check_artifact(path: str | os.PathLike) -> dict[str, Any]:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise ArtifactError(f"{weights} is truncated or corrupt ({e}).") from None
-    skeleton = _skeleton(config)
-    expected = skeleton.state_dict()
+    expected = _expected_state(config)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -393,27 +392,17 @@ def check_artifact(path: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
-def _skeleton(config: dict[str, Any]) -> nn.Module:
+def _expected_state(config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors (names, shapes, dtypes; on the meta device) that ``config`` says the weights file holds."""
     import timm
 
     if "model_type" in config:  # a transformers twin: the names in the file are transformers' saved names
         from transformers import AutoConfig, AutoModelForImageClassification
-
-        hf_config = AutoConfig.for_model(**config)
-        with torch.device("meta"):
-            model = AutoModelForImageClassification.from_config(hf_config)
-        return _SavedNames(model)
-    with torch.device("meta"):
-        return timm.create_model(config["architecture"], num_classes=config["num_classes"], **config["model_args"])
-
-
-class _SavedNames:
-    """A transformers model's ``state_dict`` under the names its ``save_pretrained`` writes."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
         from transformers.core_model_loading import revert_weight_conversion
 
-        return revert_weight_conversion(self.model, self.model.state_dict())
+        with torch.device("meta"):
+            model = AutoModelForImageClassification.from_config(AutoConfig.for_model(**config))
+        return revert_weight_conversion(model, model.state_dict())
+    with torch.device("meta"):
+        model = timm.create_model(config["architecture"], num_classes=config["num_classes"], **config["model_args"])
+    return model.state_dict()
