@@ -15,8 +15,16 @@ from transformers import ConvNextForImageClassification, ResNetForImageClassific
 from .base import ChannelGroup, Consumer, Layer, ModelSpec
 
 
-def _all_weight_layers(model: nn.Module) -> tuple[Layer, ...]:
-    return tuple(Layer(n) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+def _mlp_spec(model: nn.Module, family: str, fc1: str, fc2: str) -> ModelSpec:
+    """Every conv and linear quantized; the hidden units of each module holding Linear ``fc1`` and ``fc2`` pruned
+    (GELU between them: no scale moves across, no ReLU moments)."""
+    layers = tuple(Layer(n) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    groups = tuple(
+        ChannelGroup(Layer(f"{n}.{fc1}"), (Consumer(f"{n}.{fc2}"),), scale_commutes=False)
+        for n, m in model.named_modules()
+        if isinstance(getattr(m, fc1, None), nn.Linear) and isinstance(getattr(m, fc2, None), nn.Linear)
+    )
+    return ModelSpec(family=family, layers=layers, groups=groups)
 
 
 class HFResNetAdapter:
@@ -57,12 +65,7 @@ class HFConvNextAdapter:
         return isinstance(model, ConvNextForImageClassification)
 
     def describe(self, model: nn.Module) -> ModelSpec:
-        groups = tuple(
-            ChannelGroup(Layer(f"{n}.pwconv1"), (Consumer(f"{n}.pwconv2"),), scale_commutes=False)
-            for n, m in model.named_modules()
-            if isinstance(getattr(m, "pwconv1", None), nn.Linear) and isinstance(getattr(m, "pwconv2", None), nn.Linear)
-        )
-        return ModelSpec(family=self.family, layers=_all_weight_layers(model), groups=groups)
+        return _mlp_spec(model, self.family, "pwconv1", "pwconv2")
 
 
 class HFViTAdapter:
@@ -73,9 +76,4 @@ class HFViTAdapter:
         return isinstance(model, ViTForImageClassification)
 
     def describe(self, model: nn.Module) -> ModelSpec:
-        groups = tuple(
-            ChannelGroup(Layer(f"{n}.fc1"), (Consumer(f"{n}.fc2"),), scale_commutes=False)
-            for n, m in model.named_modules()
-            if n.endswith(".mlp") and isinstance(getattr(m, "fc1", None), nn.Linear)
-        )
-        return ModelSpec(family=self.family, layers=_all_weight_layers(model), groups=groups)
+        return _mlp_spec(model, self.family, "fc1", "fc2")
