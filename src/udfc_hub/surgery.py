@@ -33,7 +33,7 @@ def slice_channels(module: nn.Module, keep: torch.Tensor, dim: int = 0) -> None:
     if dim == 0:
         for name, b in list(module.named_buffers(recurse=False)):
             if b is not None and b.ndim >= 1 and b.shape[0] == n_old:
-                setattr(module, name, b.index_select(0, idx).contiguous())
+                set_param(module, name, b.index_select(0, idx))
     sync_shape_attrs(module)
 
 
