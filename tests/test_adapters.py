@@ -69,7 +69,7 @@ def test_unsupported_resnet_variants_say_why(name, match):
 
 def test_unsupported_model_lists_families():
     with pytest.raises(UnsupportedModelError) as err:
-        udfc_hub.compress(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), 0.3, 6)
+        udfc_hub.compress(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), prune_ratio=0.3, bits=6)
     text = str(err.value)
     assert "Sequential" in text and "timm ResNet" in text and "CIFAR ResNet" in text and "resnet50" in text
 
@@ -95,13 +95,14 @@ def test_register_adapter_is_tried_first():
                 "Tiny", (a, udfc_hub.Layer("b")), (udfc_hub.ChannelGroup(a, (udfc_hub.Consumer("b"),)),)
             )
 
-    adapter = udfc_hub.register_adapter(TinyAdapter())
-    try:
-        result = udfc_hub.compress(Tiny().eval(), 0.5, None, input_size=(3, 4, 4))
+    with udfc_hub.registered_adapter(TinyAdapter()) as adapter:
+        assert udfc_hub.adapters.ADAPTERS[0] is adapter
+        result = udfc_hub.compress(Tiny().eval(), prune_ratio=0.5, bits=None, input_size=(3, 4, 4))
         assert result.model.a.out_channels == 4 and result.model.b.in_channels == 4
         assert result.model(torch.randn(1, 3, 4, 4)).shape == (1, 2, 4, 4)
-    finally:
-        udfc_hub.adapters.ADAPTERS.remove(adapter)
+    assert adapter not in udfc_hub.adapters.ADAPTERS
+    with pytest.raises(udfc_hub.InvalidArgumentError, match="not registered"):
+        udfc_hub.unregister_adapter(adapter)
 
 
 @pytest.mark.parametrize("depth,expected", [(20, 91.78), (56, 93.62)])

@@ -153,7 +153,7 @@ def test_refuses_non_empty_target_and_overwrites_atomically(cifar20, tmp_path, m
         save_pretrained(result, target)
     assert (target / "keep.txt").read_text() == "user file"
 
-    def boom(**kwargs):
+    def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(udfc_hub.hub.artifact, "render_card", boom)

@@ -111,7 +111,7 @@ def test_udfc_residual_is_optimal_among_methods():
             m.running_mean.normal_()
             m.weight.data.uniform_(0.2, 1.5)
             m.bias.data.normal_()
-    res = {m: compress(model, 0.4, None, method=m) for m in ("udfc", "nm", "prune")}
+    res = {m: compress(model, prune_ratio=0.4, bits=None, method=m) for m in ("udfc", "nm", "prune")}
     for u, n, p in zip(*(res[m].report.pruned_layers for m in ("udfc", "nm", "prune")), strict=True):
         assert p.residual == pytest.approx(1.0)
         assert u.residual <= n.residual + 1e-9
@@ -120,8 +120,8 @@ def test_udfc_residual_is_optimal_among_methods():
 
 def test_reference_original_differs_for_bottleneck():
     model = timm.create_model("resnet26").eval()
-    a = compress(model, 0.3, None, reference="compensated")
-    b = compress(model, 0.3, None, reference="original")
+    a = compress(model, prune_ratio=0.3, bits=None, reference="compensated")
+    b = compress(model, prune_ratio=0.3, bits=None, reference="original")
     assert a.report.settings["reference"] == "compensated" and b.report.settings["reference"] == "original"
     # conv1's solve is the same either way; conv2 (compensated for conv1's pruning) differs
     assert torch.equal(a.model.layer1[0].conv1.weight, b.model.layer1[0].conv1.weight)
@@ -129,7 +129,7 @@ def test_reference_original_differs_for_bottleneck():
 
 
 def test_report_text_and_dict():
-    result = compress(timm.create_model("cifar_resnet20").eval(), 0.3, 6)
+    result = compress(timm.create_model("cifar_resnet20").eval(), prune_ratio=0.3, bits=6)
     text = str(result.report)
     assert "layer1.0.conv1" in text and "11/16" in text and "params 269,722 ->" in text
     d = result.report.to_dict()
@@ -170,7 +170,7 @@ def test_bad_arguments_are_rejected_clearly(kwargs, match):
 
 def test_not_a_module():
     with pytest.raises(InvalidArgumentError, match="torch.nn.Module"):
-        compress("resnet34", 0.3, 6)
+        compress("resnet34", prune_ratio=0.3, bits=6)
 
 
 def test_public_api():

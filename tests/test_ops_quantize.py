@@ -42,9 +42,15 @@ def test_zero_tensor_and_zero_channel_stay_zero():
     assert (quantize_dorefa(w, 4, "channel").dequantize()[1] == 0).all()
 
 
-def test_dequantize_matches_method():
-    qt = quantize_dorefa(torch.randn(5, 7), 5, "channel")
-    assert torch.equal(dequantize(qt.codes, qt.scale, 5), qt.dequantize())
+def test_dequantize_values():
+    # 3 bits: 7 steps between -M and M; codes 0..7 of a per-channel scale (2, 0.5) written out by hand
+    codes = torch.arange(8, dtype=torch.uint8).repeat(2, 1)
+    scale = torch.tensor([[2.0], [0.5]])
+    grid = [-1, -5 / 7, -3 / 7, -1 / 7, 1 / 7, 3 / 7, 5 / 7, 1]
+    expected = torch.tensor([[2.0 * g for g in grid], [0.5 * g for g in grid]])
+    assert torch.allclose(dequantize(codes, scale, 3), expected, atol=1e-7)
+    # quantizing the dequantized grid gives the same codes back (the grid is the quantizer's fixed point)
+    assert torch.equal(quantize_dorefa(expected, 3, "channel").codes, codes)
 
 
 @pytest.mark.parametrize("bits", [1, 9, 0])

@@ -35,21 +35,21 @@ def test_uncompressed_accuracy_matches_fixture_readme(fp_accuracy):
 
 
 def test_udfc_beats_plain_pruning_at_30_percent_l1(resnet56, cifar):
-    plain = accuracy(compress(resnet56, 0.3, None, method="prune", criterion="l1").model, *cifar)
-    udfc = accuracy(compress(resnet56, 0.3, None, method="udfc", criterion="l1").model, *cifar)
+    plain = accuracy(compress(resnet56, prune_ratio=0.3, bits=None, method="prune", criterion="l1").model, *cifar)
+    udfc = accuracy(compress(resnet56, prune_ratio=0.3, bits=None, method="udfc", criterion="l1").model, *cifar)
     assert udfc > plain + 5, (udfc, plain)
 
 
 def test_six_bit_quantization_loses_at_most_one_point(resnet56, cifar, fp_accuracy):
-    q = accuracy(compress(resnet56, 0.0, 6, method="udfc").model, *cifar)
+    q = accuracy(compress(resnet56, prune_ratio=0.0, bits=6, method="udfc").model, *cifar)
     assert q >= fp_accuracy - 1.0, (q, fp_accuracy)
 
 
 def test_udfc_plus_meets_the_research_targets(resnet56, cifar, fp_accuracy):
-    nm = accuracy(compress(resnet56, 0.3, None, method="nm").model, *cifar)
-    plus = accuracy(compress(resnet56, 0.3, None).model, *cifar)
+    nm = accuracy(compress(resnet56, prune_ratio=0.3, bits=None, method="nm").model, *cifar)
+    plus = accuracy(compress(resnet56, prune_ratio=0.3, bits=None).model, *cifar)
     assert plus >= nm + 3, (plus, nm)
-    both = accuracy(compress(resnet56, 0.3, 4).model, *cifar)
+    both = accuracy(compress(resnet56, prune_ratio=0.3, bits=4).model, *cifar)
     assert both >= fp_accuracy - 10, (both, fp_accuracy)
-    quant = accuracy(compress(resnet56, 0.0, 4).model, *cifar)
+    quant = accuracy(compress(resnet56, prune_ratio=0.0, bits=4).model, *cifar)
     assert quant >= fp_accuracy - 2, (quant, fp_accuracy)

@@ -7,7 +7,7 @@ import torch.nn as nn
 from timm.layers import Conv2dSame
 
 import udfc_hub
-from udfc_hub.hub.quantized import quantize_module
+from udfc_hub.hub.quantized import convert_to_packed
 from udfc_hub.ops import quantize_dorefa, relu_mean
 from udfc_hub.probe import probe_input_means
 
@@ -32,13 +32,12 @@ class TwoConvAdapter:
 
     def describe(self, model):
         first = udfc_hub.Layer("conv1", "bn1")
-        group = udfc_hub.ChannelGroup(first, (udfc_hub.Consumer("conv2"),), relu_moments=True)
+        group = udfc_hub.ChannelGroup(first, (udfc_hub.Consumer("conv2"),), relu_after_norm=True)
         return udfc_hub.ModelSpec(self.family, (first, udfc_hub.Layer("conv2", "bn2")), (group,))
 
 
 @pytest.fixture
 def two_conv():
-    adapter = udfc_hub.register_adapter(TwoConvAdapter())
     torch.manual_seed(0)
     model = TwoConv()
     for bn in (model.bn1, model.bn2):
@@ -46,8 +45,8 @@ def two_conv():
         bn.bias.data.uniform_(-0.5, 0.5)
         bn.running_mean.uniform_(-0.2, 0.2)
         bn.running_var.uniform_(0.5, 2.0)
-    yield model.eval()
-    udfc_hub.adapters.ADAPTERS.remove(adapter)
+    with udfc_hub.registered_adapter(TwoConvAdapter()):
+        yield model.eval()
 
 
 def test_probe_leaves_the_model_untouched_and_matches_bn_moments():
@@ -76,7 +75,7 @@ def test_probe_pads_timm_same_convs_and_their_quantized_twins_alike():
     plain = probe_input_means(model, [name], (3, 64, 64))[name]
     module = model.get_submodule(name)
     qt = quantize_dorefa(module.weight, 8, "channel")
-    quantize_module(module, 8, tuple(qt.scale.shape)).set_codes(qt)  # changes this layer only, not its input
+    convert_to_packed(module, 8, tuple(qt.scale.shape)).set_codes(qt)  # changes this layer only, not its input
     assert type(module).__name__ == "QuantizedConv2dSame"
     assert torch.equal(probe_input_means(model, [name], (3, 64, 64))[name], plain)
     # the bottom-right tap reads the zero padding that pad_same adds on that side only

@@ -59,14 +59,13 @@ class PreActAdapter:
             layers += [inner, Layer(f"blocks.{i}.conv2", f"blocks.{i}.bn2")]
             if len(block.shortcut):
                 layers.append(Layer(f"blocks.{i}.shortcut.0", f"blocks.{i}.shortcut.1"))
-            groups.append(ChannelGroup(inner, consumers=(Consumer(f"blocks.{i}.conv2"),), relu_moments=True))
+            groups.append(ChannelGroup(inner, consumers=(Consumer(f"blocks.{i}.conv2"),), relu_after_norm=True))
         layers.append(Layer("linear"))
         return udfc_hub.ModelSpec(self.family, tuple(layers), tuple(groups))
 
 
 def test_user_described_model_compresses():
-    adapter = udfc_hub.register_adapter(PreActAdapter())
-    try:
+    with udfc_hub.registered_adapter(PreActAdapter()):
         model = PreActCifarResNet().eval()
         result = udfc_hub.compress(model, prune_ratio=0.5, bits=6, input_size=(3, 32, 32))
         assert [m.conv1.out_channels for m in result.model.blocks] == [8, 8, 16, 16, 32, 32]
@@ -76,5 +75,3 @@ def test_user_described_model_compresses():
         with torch.inference_mode():
             assert result.model(x).shape == (2, 10)
         assert result.report.after.params < 0.7 * result.report.before.params
-    finally:
-        udfc_hub.adapters.ADAPTERS.remove(adapter)

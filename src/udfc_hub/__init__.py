@@ -6,26 +6,33 @@
 ('layer1.0.conv1', 44)
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
 from . import models  # noqa: F401  (registers cifar_resnet* with timm)
-from .adapters import ChannelGroup, Consumer, Layer, ModelSpec, describe_model, register_adapter
-from .engine import METHODS, CompressionReport, CompressionResult, LayerReport, compress
+from ._version import __version__
+from .adapters import (
+    ChannelGroup,
+    Consumer,
+    Layer,
+    ModelSpec,
+    describe_model,
+    register_adapter,
+    registered_adapter,
+    unregister_adapter,
+)
+from .api import compress_and_push, load_model
+from .config import METHODS, CompressionConfig
+from .engine import compress
 from .errors import ArtifactError, InvalidArgumentError, PublishError, UdfcError, UnsupportedModelError
 from .evaluation import evaluate
 from .hub import check_artifact, pack_model, save_pretrained
-from .hub.publish import compress_and_push, load_model, push
+from .hub.publish import push
 from .profile import ModelStats, profile_model
-
-try:
-    __version__ = version("udfc-hub")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0+unknown"
+from .report import CompressionReport, CompressionResult, LayerReport
 
 __all__ = [
     "METHODS",
     "ArtifactError",
     "ChannelGroup",
+    "CompressionConfig",
     "CompressionReport",
     "CompressionResult",
     "Consumer",
@@ -48,5 +55,7 @@ __all__ = [
     "profile_model",
     "push",
     "register_adapter",
+    "registered_adapter",
     "save_pretrained",
+    "unregister_adapter",
 ]

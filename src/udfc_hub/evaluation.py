@@ -63,35 +63,52 @@ def load_eval_data(data: str | os.PathLike) -> EvalData:
     if not path.exists():
         raise InvalidArgumentError(f"data path {path} does not exist; accepted: {_ACCEPTED}.")
     if path.is_file():
-        if path.suffix != ".npz":
-            raise InvalidArgumentError(f"data file {path} is not an .npz; accepted: {_ACCEPTED}.")
-        with np.load(path) as npz:
-            if "x" not in npz or "y" not in npz:
-                raise InvalidArgumentError(f"{path} lacks arrays 'x' and 'y' (has {sorted(npz.files)}).")
-            x, y = npz["x"], npz["y"]
-        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3 or len(x) != len(y):
-            raise InvalidArgumentError(
-                f"{path}: x must be uint8 (N, H, W, 3) with one label per image; got x {x.dtype} {x.shape}, "
-                f"y {y.shape}."
-            )
-        return EvalData(path.stem, y.astype(np.int64), array=x)
+        return _load_npz(path)
+    if (path / "labels.tsv").is_file():
+        return _load_tsv(path)
+    return _load_image_folder(path)
+
+
+def _load_npz(path: Path) -> EvalData:
+    if path.suffix != ".npz":
+        raise InvalidArgumentError(f"data file {path} is not an .npz; accepted: {_ACCEPTED}.")
+    with np.load(path) as npz:
+        if "x" not in npz or "y" not in npz:
+            raise InvalidArgumentError(f"{path} lacks arrays 'x' and 'y' (has {sorted(npz.files)}).")
+        x, y = npz["x"], npz["y"]
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3 or len(x) != len(y):
+        raise InvalidArgumentError(
+            f"{path}: x must be uint8 (N, H, W, 3) with one label per image; got x {x.dtype} {x.shape}, y {y.shape}."
+        )
+    return EvalData(path.stem, y.astype(np.int64), array=x)
+
+
+def _load_tsv(path: Path) -> EvalData:
+    """A folder with ``labels.tsv`` (columns ``file``, ``class_index``); files must lie inside the folder."""
     tsv = path / "labels.tsv"
-    if tsv.is_file():
-        files, labels = [], []
-        with tsv.open(newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t")
-            if not reader.fieldnames or not {"file", "class_index"} <= set(reader.fieldnames):
-                raise InvalidArgumentError(f"{tsv} needs the columns 'file' and 'class_index'.")
-            for row in reader:
-                candidates = (path / row["file"], path / "images" / row["file"])
-                found = next((c for c in candidates if c.is_file()), None)
-                if found is None:
-                    raise InvalidArgumentError(
-                        f"{tsv} lists {row['file']}, which is neither in {path} nor in {path / 'images'}."
-                    )
-                files.append(found)
-                labels.append(int(row["class_index"]))
-        return EvalData(path.name, np.asarray(labels, dtype=np.int64), files=files)
+    root = path.resolve()
+    files, labels = [], []
+    with tsv.open(newline="") as f:
+        reader = csv.DictReader(f, delimiter="\t")
+        if not reader.fieldnames or not {"file", "class_index"} <= set(reader.fieldnames):
+            raise InvalidArgumentError(f"{tsv} needs the columns 'file' and 'class_index'.")
+        for row in reader:
+            candidates = (path / row["file"], path / "images" / row["file"])
+            found = next((c for c in candidates if c.is_file()), None)
+            if found is None:
+                raise InvalidArgumentError(
+                    f"{tsv} lists {row['file']}, which is neither in {path} nor in {path / 'images'}."
+                )
+            if not found.resolve().is_relative_to(root):
+                raise InvalidArgumentError(
+                    f"{tsv} lists {row['file']}, which lies outside {path}; only files inside the folder are read."
+                )
+            files.append(found)
+            labels.append(int(row["class_index"]))
+    return EvalData(path.name, np.asarray(labels, dtype=np.int64), files=files)
+
+
+def _load_image_folder(path: Path) -> EvalData:
     classes = sorted(d.name for d in path.iterdir() if d.is_dir())
     files, labels = [], []
     for idx, cls in enumerate(classes):

@@ -17,6 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Conv2dSame, pad_same
 
+from .profile import input_device_dtype
+
 __all__ = ["has_batchnorm", "probe_input_means", "probe_batch_size"]
 
 _TARGET_POSITIONS = 1 << 16  # images x pixels of the probe input; 64 images at 32x32, 8 at 224x224
@@ -61,9 +63,7 @@ def probe_input_means(
         for m in norms:
             m.train()
             m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: the running statistics stay bit-exact
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+        device, dtype = input_device_dtype(model)
         generator = torch.Generator().manual_seed(seed)
         model(torch.randn((batch, *input_size), generator=generator).to(device=device, dtype=dtype))
     finally:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-__all__ = ["ModelStats", "profile_model", "default_input_size"]
+__all__ = ["ModelStats", "profile_model", "default_input_size", "input_device_dtype"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,14 @@ def default_input_size(model: nn.Module) -> tuple[int, int, int]:
     if isinstance(size, int):
         return (int(getattr(hf, "num_channels", 3)), size, size)
     return (3, 224, 224)
+
+
+def input_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Where and in which float type to make an input for ``model``: its first parameter's (CPU float32 if none)."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    return device, dtype
 
 
 @torch.no_grad()
@@ -50,9 +58,7 @@ def profile_model(model: nn.Module, input_size: tuple[int, ...] | None = None) -
     was_training = model.training
     try:
         model.eval()
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+        device, dtype = input_device_dtype(model)
         model(torch.zeros((1, *size), device=device, dtype=dtype))
     finally:
         for h in handles:

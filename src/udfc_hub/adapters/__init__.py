@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from ..errors import UnsupportedModelError
-from .base import Adapter, ChannelGroup, Consumer, Layer, ModelSpec, conv_norm_pairs
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ..errors import InvalidArgumentError, UnsupportedModelError
+from .base import Adapter, ChannelGroup, Consumer, Layer, ModelSpec, conv_norm_pairs, mlp_spec
 from .cifar_resnet import CifarResNetAdapter
 from .efficientnet import TimmEfficientNetAdapter
 from .hf import HFConvNextAdapter, HFResNetAdapter, HFViTAdapter
@@ -21,8 +24,11 @@ __all__ = [
     "Layer",
     "ModelSpec",
     "conv_norm_pairs",
+    "mlp_spec",
     "describe_model",
     "register_adapter",
+    "registered_adapter",
+    "unregister_adapter",
 ]
 
 ADAPTERS: list[Adapter] = [
@@ -42,6 +48,29 @@ def register_adapter(adapter: Adapter) -> Adapter:
     """Add an adapter; later registrations are tried first, so a user adapter can override a built-in one."""
     ADAPTERS.insert(0, adapter)
     return adapter
+
+
+def unregister_adapter(adapter: Adapter) -> None:
+    """Remove an adapter added with ``register_adapter`` (an adapter not registered is refused by name)."""
+    if adapter not in ADAPTERS:
+        raise InvalidArgumentError(f"adapter {adapter!r} is not registered.")
+    ADAPTERS.remove(adapter)
+
+
+@contextmanager
+def registered_adapter(adapter: Adapter) -> Iterator[Adapter]:
+    """Use ``adapter`` inside a ``with`` block only (first in line, removed again on exit).
+
+    >>> from udfc_hub.adapters import TimmResNetAdapter
+    >>> with registered_adapter(TimmResNetAdapter()) as a:
+    ...     ADAPTERS[0] is a
+    True
+    """
+    register_adapter(adapter)
+    try:
+        yield adapter
+    finally:
+        unregister_adapter(adapter)
 
 
 def describe_model(model: nn.Module) -> ModelSpec:

@@ -6,12 +6,13 @@ the spec. Module names are those of ``model.named_modules()``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch.nn as nn
 
-__all__ = ["Layer", "Consumer", "ChannelGroup", "ModelSpec", "Adapter", "conv_norm_pairs"]
+__all__ = ["Layer", "Consumer", "ChannelGroup", "ModelSpec", "Adapter", "conv_norm_pairs", "mlp_spec"]
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class ChannelGroup:
     ``aligned`` names other modules indexed by the same channels along their first dimension (they are sliced
     alongside). ``scale_commutes`` says the activation between producer and consumers commutes with a positive
     per-channel scale (ReLU does), so a quantization correction may move into the consumers' input columns.
-    ``relu_moments`` says the producer has a BatchNorm whose output reaches the consumers through a plain ReLU
+    ``relu_after_norm`` says the producer has a BatchNorm whose output reaches the consumers through a plain ReLU
     and nothing else (no pooling, no addition): the moments after the ReLU then follow from the BN statistics,
     which ``method="udfc+"`` uses for its activation-space fit, bias and variance corrections. Without it those
     steps fall back to UDFC's linear fit with no correction for this group. ``closed_form=False`` marks channels
@@ -49,7 +50,7 @@ class ChannelGroup:
     consumers: tuple[Consumer, ...]
     aligned: tuple[str, ...] = ()
     scale_commutes: bool = True
-    relu_moments: bool = False
+    relu_after_norm: bool = False
     closed_form: bool = True
 
 
@@ -93,3 +94,22 @@ def conv_norm_pairs(module: nn.Module, prefix: str) -> list[Layer]:
                 norm = f"{prefix}.{children[i + 1][0]}"
             layers.append(Layer(f"{prefix}.{name}", norm))
     return layers
+
+
+def mlp_spec(
+    model: nn.Module,
+    family: str,
+    fc1: str = "fc1",
+    fc2: str = "fc2",
+    accept: Callable[[str, nn.Module], bool] = lambda name, module: True,
+) -> ModelSpec:
+    """Every conv and linear quantized; the hidden units of each accepted module holding layers ``fc1`` and
+    ``fc2`` pruned, with the Linear/no-BN algebra (a GELU between them: no scale moves across, no ReLU moments)."""
+    layers = tuple(Layer(n) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    weights = (nn.Linear, nn.Conv2d)
+    groups = tuple(
+        ChannelGroup(Layer(f"{n}.{fc1}"), (Consumer(f"{n}.{fc2}"),), scale_commutes=False)
+        for n, m in model.named_modules()
+        if isinstance(getattr(m, fc1, None), weights) and isinstance(getattr(m, fc2, None), weights) and accept(n, m)
+    )
+    return ModelSpec(family=family, layers=layers, groups=groups)

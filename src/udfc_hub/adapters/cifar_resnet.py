@@ -27,7 +27,7 @@ class CifarResNetAdapter:
                 p = f"{stage}.{i}"
                 inner = Layer(f"{p}.conv1", f"{p}.bn1")
                 layers += [inner, Layer(f"{p}.conv2", f"{p}.bn2")]
-                groups.append(ChannelGroup(producer=inner, consumers=(Consumer(f"{p}.conv2"),), relu_moments=True))
+                groups.append(ChannelGroup(producer=inner, consumers=(Consumer(f"{p}.conv2"),), relu_after_norm=True))
         if isinstance(model.linear, nn.Linear):
             layers.append(Layer("linear"))
         return ModelSpec(family=self.family, layers=tuple(layers), groups=tuple(groups))

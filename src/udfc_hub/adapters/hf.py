@@ -12,19 +12,7 @@ from __future__ import annotations
 import torch.nn as nn
 from transformers import ConvNextForImageClassification, ResNetForImageClassification, ViTForImageClassification
 
-from .base import ChannelGroup, Consumer, Layer, ModelSpec
-
-
-def _mlp_spec(model: nn.Module, family: str, fc1: str, fc2: str) -> ModelSpec:
-    """Every conv and linear quantized; the hidden units of each module holding Linear ``fc1`` and ``fc2`` pruned
-    (GELU between them: no scale moves across, no ReLU moments)."""
-    layers = tuple(Layer(n) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
-    groups = tuple(
-        ChannelGroup(Layer(f"{n}.{fc1}"), (Consumer(f"{n}.{fc2}"),), scale_commutes=False)
-        for n, m in model.named_modules()
-        if isinstance(getattr(m, fc1, None), nn.Linear) and isinstance(getattr(m, fc2, None), nn.Linear)
-    )
-    return ModelSpec(family=family, layers=layers, groups=groups)
+from .base import ChannelGroup, Consumer, Layer, ModelSpec, mlp_spec
 
 
 class HFResNetAdapter:
@@ -48,7 +36,9 @@ class HFResNetAdapter:
                 for k in range(len(convs) - 1):
                     relu = isinstance(block.layer[k].activation, nn.ReLU)
                     groups.append(
-                        ChannelGroup(convs[k], (Consumer(convs[k + 1].name),), scale_commutes=relu, relu_moments=relu)
+                        ChannelGroup(
+                            convs[k], (Consumer(convs[k + 1].name),), scale_commutes=relu, relu_after_norm=relu
+                        )
                     )
                 if hasattr(block.shortcut, "convolution"):
                     layers.append(Layer(f"{p}.shortcut.convolution", f"{p}.shortcut.normalization"))
@@ -65,7 +55,7 @@ class HFConvNextAdapter:
         return isinstance(model, ConvNextForImageClassification)
 
     def describe(self, model: nn.Module) -> ModelSpec:
-        return _mlp_spec(model, self.family, "pwconv1", "pwconv2")
+        return mlp_spec(model, self.family, "pwconv1", "pwconv2")
 
 
 class HFViTAdapter:
@@ -76,4 +66,4 @@ class HFViTAdapter:
         return isinstance(model, ViTForImageClassification)
 
     def describe(self, model: nn.Module) -> ModelSpec:
-        return _mlp_spec(model, self.family, "fc1", "fc2")
+        return mlp_spec(model, self.family, "fc1", "fc2")

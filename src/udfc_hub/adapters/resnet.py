@@ -45,7 +45,7 @@ class TimmResNetAdapter:
                                 producer=layer,
                                 consumers=(Consumer(f"{prefix}.{convs[k + 1]}"),),
                                 scale_commutes=relu,
-                                relu_moments=relu and _plain(block, k),
+                                relu_after_norm=relu and _plain(block, k),
                             )
                         )
                 if block.downsample is not None:

@@ -11,20 +11,14 @@ import torch.nn as nn
 from timm.models.convnext import ConvNeXt
 from timm.models.vision_transformer import VisionTransformer
 
-from .base import ChannelGroup, Consumer, Layer, ModelSpec
+from .base import ModelSpec, mlp_spec
 
 
 def _mlp_spec(model: nn.Module, family: str) -> ModelSpec:
-    layers = tuple(Layer(n) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
-    groups = tuple(
-        ChannelGroup(Layer(f"{n}.fc1"), (Consumer(f"{n}.fc2"),), scale_commutes=False)
-        for n, m in model.named_modules()
-        if n.endswith("mlp")
-        and isinstance(getattr(m, "fc1", None), (nn.Linear, nn.Conv2d))
-        and isinstance(getattr(m, "fc2", None), (nn.Linear, nn.Conv2d))
-        and isinstance(m.norm, nn.Identity)
+    # timm's Mlp: a module named *mlp whose optional hidden norm is absent (a norm there would couple the units)
+    return mlp_spec(
+        model, family, accept=lambda n, m: n.endswith("mlp") and isinstance(getattr(m, "norm", None), nn.Identity)
     )
-    return ModelSpec(family=family, layers=layers, groups=groups)
 
 
 class TimmConvNeXtAdapter:

@@ -26,7 +26,7 @@ class TimmVGGAdapter:
         consumers = [c.name for c in convs[1:]] + [head[0].name]
         plain = _followed_by_relu_only(model.features, [c.name for c in convs])
         groups = [
-            ChannelGroup(p, (Consumer(c),), relu_moments=p.norm is not None and plain[p.name])
+            ChannelGroup(p, (Consumer(c),), relu_after_norm=p.norm is not None and plain[p.name])
             for p, c in zip(convs, consumers, strict=True)
         ]
         return ModelSpec(family=self.family, layers=tuple(convs + head + fc), groups=tuple(groups))

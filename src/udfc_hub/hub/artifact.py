@@ -25,7 +25,8 @@ from ..errors import ArtifactError, InvalidArgumentError
 from ..profile import ModelStats, profile_model
 from .card import render_card
 from .format import FORMAT, FORMAT_VERSION
-from .quantized import quantize_module
+from .manifest import Manifest, Provenance
+from .quantized import convert_to_packed
 from .timm_models import PREFIX, register_compressed
 from .transformers_models import is_transformers_model, udfc_twin
 
@@ -38,10 +39,10 @@ _METADATA = {"format": "pt", "udfc_format": FORMAT, "udfc_format_version": str(F
 
 
 def pack_model(result: CompressionResult, base_model: str | None = None) -> nn.Module:
-    """A copy of ``result.model`` whose quantized layers save as packed codes, with its ``udfc_model_args``.
+    """A copy of ``result.model`` whose quantized layers save as packed codes, carrying its ``udfc_manifest``.
 
-    ``udfc_model_args`` is what config.json's ``model_args`` holds: the skeleton (base architecture, kept
-    channels, bits, scale shape of each quantized layer) and ``provenance`` (settings, base model, its size).
+    The manifest is what config.json records: the skeleton (base architecture, kept channels, bits, scale shape
+    of each quantized layer) and the provenance (options, base model, its size).
     """
     model = copy.deepcopy(result.model)
     transformers_native = is_transformers_model(model)
@@ -52,53 +53,46 @@ def pack_model(result: CompressionResult, base_model: str | None = None) -> nn.M
         base = _base_architecture(model)
         cfg = getattr(model, "pretrained_cfg", None) or {}
     for name, qt in result.quantized.items():
-        module = model.get_submodule(name)
-        quantize_module(module, qt.bits, tuple(qt.scale.shape))
-        module.set_codes(qt)
-    channels = {r.name: r.kept_channels for r in result.report.layers if r.kept_channels < r.out_channels}
-    model.udfc_model_args = {
-        "format_version": FORMAT_VERSION,
-        "base_architecture": base,
-        "channels": channels,
-        "bits": result.report.settings["bits"],
-        "quantized_layers": {name: list(qt.scale.shape) for name, qt in result.quantized.items()},
-        "provenance": {
-            "settings": dict(result.report.settings),
-            "base_model": base_model or cfg.get("hf_hub_id") or None,
-            "base_license": cfg.get("license"),
-            "base_params": result.report.before.params,
-            "base_macs": result.report.before.macs,
-        },
-    }
+        convert_to_packed(model.get_submodule(name), qt.bits, tuple(qt.scale.shape)).set_codes(qt)
+    model.udfc_manifest = Manifest(
+        base_architecture=base,
+        channels={r.name: r.kept_channels for r in result.report.layers if r.kept_channels < r.out_channels},
+        bits=result.report.config.bits,
+        quantized_layers={name: tuple(qt.scale.shape) for name, qt in result.quantized.items()},
+        provenance=Provenance(
+            settings=result.report.settings,
+            base_model=base_model or cfg.get("hf_hub_id") or None,
+            base_license=cfg.get("license"),
+            base_params=result.report.before.params,
+            base_macs=result.report.before.macs,
+        ),
+    )
     if transformers_native:
         _to_twin(model)
     return model.eval()
 
 
 def _to_twin(model: nn.Module) -> None:
-    """Make a packed transformers model its udfc twin class, with the skeleton in ``config.udfc``."""
-    from .. import __version__
-
+    """Make a packed transformers model its udfc twin class, with the manifest in ``config.udfc``."""
     config_cls, model_cls = udfc_twin(model)
-    args = model.udfc_model_args
-    block = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "udfc_hub_version": __version__,
-        "base_model": args["provenance"]["base_model"],
-        "compression": args["provenance"]["settings"],
-        "base_architecture": args["base_architecture"],
-        "channels": args["channels"],
-        "bits": args["bits"],
-        "quantized_layers": args["quantized_layers"],
-        "provenance": args["provenance"],
-    }
     fields = {
         k: v for k, v in model.config.to_dict().items() if k not in ("model_type", "transformers_version", "udfc")
     }
     fields["architectures"] = [model_cls.__name__]
-    model.config = config_cls.from_dict({**fields, "udfc": block})
+    model.config = config_cls.from_dict({**fields, "udfc": model.udfc_manifest.to_udfc_block()})
     model.__class__ = model_cls
+
+
+def check_output_folder(path: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuse a target that is a file, or a non-empty folder unless ``overwrite``; the one place that checks."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise InvalidArgumentError(f"{target} exists and is not a folder; choose a folder path.")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise InvalidArgumentError(
+            f"{target} exists and is not empty; pass overwrite=True (CLI: --overwrite) or choose a new folder."
+        )
+    return target
 
 
 def save_pretrained(
@@ -128,32 +122,32 @@ def save_pretrained(
         >>> sorted(p.name for p in folder.iterdir())
         ['README.md', 'config.json', 'model.safetensors']
     """
-    target = Path(path)
-    if target.exists() and not target.is_dir():
-        raise InvalidArgumentError(f"{target} exists and is not a folder; choose a folder path.")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise InvalidArgumentError(f"{target} exists and is not empty; pass overwrite=True or choose a new folder.")
+    target = check_output_folder(path, overwrite)
     model, after = _packed(result, base_model)
-    args = model.udfc_model_args
     if accuracy is not None:
-        args["provenance"]["accuracy"] = _check_accuracy(accuracy)
+        model.udfc_manifest = model.udfc_manifest.with_provenance(accuracy=_check_accuracy(accuracy))
+    manifest = model.udfc_manifest
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         twin = getattr(getattr(model, "config", None), "udfc", None) is not None  # a transformers twin
         if twin:
-            model.config.udfc["provenance"] = args["provenance"]
-            config, state, card_view = _transformers_files(model, tmp)
+            model.config.udfc["provenance"] = manifest.provenance.to_dict()
+            config, state = _transformers_files(model, tmp)
+            library, architecture, license_ = "transformers", config["model_type"], manifest.provenance.base_license
         else:
-            config = _config(model, args)
+            config = _config(model, manifest)
             state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-            card_view = config
+            library, architecture, license_ = "timm", config["architecture"], config["pretrained_cfg"].get("license")
         (tmp / WEIGHTS_NAME).write_bytes(_serialize(state, _METADATA))
         # timm's layout keeps its key order; transformers writes its config sorted, and so do we
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=twin) + "\n")
         card = render_card(
-            config=card_view,
+            manifest,
+            library=library,
+            architecture=architecture,
+            license=license_,
             after=after,
             file_size=(tmp / WEIGHTS_NAME).stat().st_size,
             name=repo_id.split("/")[-1] if repo_id else target.name,
@@ -167,8 +161,8 @@ def save_pretrained(
     return target
 
 
-def _transformers_files(model: nn.Module, tmp: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict]:
-    """config.json, tensors and the card's view of a transformers twin.
+def _transformers_files(model: nn.Module, tmp: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """config.json and tensors of a transformers twin.
 
     transformers' own ``save_pretrained`` names the tensors (its saved names are the legacy ones, not the module
     names in memory); its files are written into a scratch folder and only read back from there.
@@ -186,33 +180,23 @@ def _transformers_files(model: nn.Module, tmp: Path) -> tuple[dict[str, Any], di
     config = json.loads((scratch / CONFIG_NAME).read_text())
     state = load_file(str(scratch / WEIGHTS_NAME))
     shutil.rmtree(scratch)
-    block = config["udfc"]
-    card_view = {
-        "library": "transformers",
-        "architecture": config["model_type"],
-        "model_args": {"base_architecture": block["base_architecture"], "provenance": block["provenance"]},
-        "pretrained_cfg": {"license": block["provenance"].get("base_license")},
-    }
-    return config, state, card_view
+    return config, state
 
 
 def _packed(result, base_model: str | None) -> tuple[nn.Module, ModelStats]:
     """The model to save and its size; a compression result's size was measured already, a loaded one's is not."""
     if isinstance(result, CompressionResult):
         return pack_model(result, base_model), result.report.after
-    if isinstance(result, nn.Module) and hasattr(result, "udfc_model_args"):
-        model = copy.copy(result)  # the caller's model keeps its own args; only the copy's are updated
-        model.udfc_model_args = copy.deepcopy(result.udfc_model_args)
+    twin_block = getattr(getattr(result, "config", None), "udfc", None)
+    if isinstance(result, nn.Module) and (hasattr(result, "udfc_manifest") or twin_block):
+        model = copy.copy(result)  # the caller's model keeps its own manifest and config
+        if twin_block:  # a transformers twin loaded from a folder
+            model.config = copy.deepcopy(result.config)
+            model.udfc_manifest = Manifest.from_udfc_block(model.config.udfc)
         if base_model:
-            model.udfc_model_args["provenance"]["base_model"] = base_model
-        return model, profile_model(model)
-    if isinstance(result, nn.Module) and getattr(getattr(result, "config", None), "udfc", None):
-        model = copy.copy(result)  # a transformers twin loaded from a folder
-        model.config = copy.deepcopy(result.config)
-        block = model.config.udfc
-        model.udfc_model_args = {"provenance": block["provenance"]}
-        if base_model:
-            block["provenance"]["base_model"] = block["base_model"] = base_model
+            model.udfc_manifest = model.udfc_manifest.with_provenance(base_model=base_model)
+            if twin_block:
+                model.config.udfc["base_model"] = base_model
         return model, profile_model(model)
     raise InvalidArgumentError(
         f"save_pretrained takes the result of udfc_hub.compress or a model loaded from a udfc_hub folder, got "
@@ -263,15 +247,16 @@ def _base_architecture(model: nn.Module) -> str:
     return arch[len(PREFIX) :] if arch.startswith(PREFIX) else arch
 
 
-def _config(model: nn.Module, args: dict[str, Any]) -> dict[str, Any]:
-    from .. import __version__
+def _config(model: nn.Module, manifest: Manifest) -> dict[str, Any]:
+    """config.json of a timm artifact: timm's fields, the manifest as ``model_args``, and the udfc block."""
+    from .._version import __version__
 
-    arch = register_compressed(args["base_architecture"])
+    arch = register_compressed(manifest.base_architecture)
     src = dict(getattr(model, "pretrained_cfg", None) or {})
-    prov = args["provenance"]
+    prov = manifest.provenance
     pretrained_cfg = _clean_pretrained_cfg(src)
-    if prov.get("base_license"):
-        pretrained_cfg["license"] = prov["base_license"]
+    if prov.base_license:
+        pretrained_cfg["license"] = prov.base_license
     config: dict[str, Any] = {
         "architecture": arch,
         "num_classes": int(model.num_classes),
@@ -283,14 +268,14 @@ def _config(model: nn.Module, args: dict[str, Any]) -> dict[str, Any]:
         config["global_pool"] = pool_type
     if src.get("label_names"):
         config["label_names"] = list(src["label_names"])
-    config["model_args"] = args
+    config["model_args"] = manifest.to_model_args()
     config["pretrained_cfg"] = pretrained_cfg
     config["udfc"] = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": manifest.format_version,
         "udfc_hub_version": __version__,
-        "base_model": prov.get("base_model"),
-        "compression": prov["settings"],
+        "base_model": prov.base_model,
+        "compression": dict(prov.settings),
     }
     return config
 
@@ -343,7 +328,7 @@ def _replace_folder(tmp: Path, target: Path) -> None:
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``config.json`` of a udfc_hub folder, checked for format and version."""
+    """The ``config.json`` of a udfc_hub folder, checked (format, version, manifest) by ``Manifest.from_config``."""
     cfg_path = Path(path) / CONFIG_NAME
     if not cfg_path.is_file():
         raise ArtifactError(f"{cfg_path} is missing: not a udfc_hub model folder.")
@@ -351,14 +336,9 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         config = json.loads(cfg_path.read_text())
     except (OSError, ValueError) as e:
         raise ArtifactError(f"{cfg_path} is not valid JSON ({e}).") from None
-    block = config.get("udfc")
-    if not isinstance(block, dict) or block.get("format") != FORMAT:
-        raise ArtifactError(f"{cfg_path} has no udfc block of format {FORMAT!r}: not a udfc_hub artifact.")
-    if block.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(
-            f"{cfg_path} uses udfc format version {block.get('format_version')!r}; this udfc_hub reads version "
-            f"{FORMAT_VERSION}. Upgrade udfc-hub (pip install -U udfc-hub)."
-        )
+    if not isinstance(config, dict):
+        raise ArtifactError(f"{cfg_path} is not a JSON object: not a udfc_hub artifact.")
+    Manifest.from_config(config)
     return config
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 from importlib import resources
-from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..profile import ModelStats
+from ..units import format_bytes, format_count
+from .manifest import Manifest
 
 __all__ = ["render_card", "card_template"]
 
@@ -25,11 +26,11 @@ def card_template() -> str:
 
 
 def _mb(n_bytes: float) -> str:
-    return f"{n_bytes / 1e6:.1f} MB"
+    return format_bytes(n_bytes, 1)
 
 
 def _count(n: float) -> str:
-    return f"{n / 1e9:.2f} G" if n >= 1e9 else f"{n / 1e6:.2f} M"
+    return format_count(n)
 
 
 def _slug(text: str) -> str:
@@ -50,18 +51,27 @@ _METHOD_TEXT = {
 }
 
 
-def render_card(config: dict[str, Any], after: ModelStats, file_size: int, name: str, repo_id: str | None) -> str:
-    """The card text for an artifact whose ``config.json`` is ``config``.
+def render_card(
+    manifest: Manifest,
+    *,
+    library: str,
+    architecture: str,
+    license: str | None,
+    after: ModelStats,
+    file_size: int,
+    name: str,
+    repo_id: str | None,
+) -> str:
+    """The card text of an artifact with this ``manifest``, saved as ``architecture`` for ``library``.
 
     ``name`` titles the card; ``repo_id`` (when known) goes into the usage snippet, else a placeholder does.
     """
-    args = config["model_args"]
-    prov = args["provenance"]
-    settings = prov["settings"]
+    prov = manifest.provenance
+    settings = prov.settings
     bits, ratio = settings["bits"], settings["prune_ratio"]
-    base_arch = args["base_architecture"]
-    base_model = prov.get("base_model")
-    acc = prov.get("accuracy") or {}
+    base_arch = manifest.base_architecture
+    base_model = prov.base_model
+    acc = prov.accuracy or {}
     repo = repo_id or f"<namespace>/{name}"
 
     done = []
@@ -69,7 +79,6 @@ def render_card(config: dict[str, Any], after: ModelStats, file_size: int, name:
         done.append(f"{ratio:.0%} of the prunable channels removed ({settings['criterion']} criterion)")
     if bits is not None:
         done.append(f"{bits}-bit weights ({settings['granularity']} scales)")
-    library = config.get("library", "timm")
     tags = ["udfc", "data-free", "image-classification", library]
     if ratio > 0:
         tags.append("pruned")
@@ -95,7 +104,7 @@ def render_card(config: dict[str, Any], after: ModelStats, file_size: int, name:
     data = ModelCardData(
         library_name=library,
         pipeline_tag="image-classification",
-        license=config["pretrained_cfg"].get("license"),
+        license=license,
         base_model=base_model,
         tags=tags,
         eval_results=eval_results,
@@ -104,9 +113,9 @@ def render_card(config: dict[str, Any], after: ModelStats, file_size: int, name:
     )
 
     comparison = [
-        ("parameters", _count(prov["base_params"]), _count(after.params)),
-        ("MACs (one image)", _count(prov["base_macs"]), _count(after.macs)),
-        ("weights file", f"{_mb(prov['base_params'] * 4)} (float32)", f"{_mb(file_size)} (model.safetensors)"),
+        ("parameters", _count(prov.base_params), _count(after.params)),
+        ("MACs (one image)", _count(prov.base_macs), _count(after.macs)),
+        ("weights file", f"{_mb(prov.base_params * 4)} (float32)", f"{_mb(file_size)} (model.safetensors)"),
     ]
     if "top1" in acc:
         comparison.append(("top-1 %", f"{acc['base_top1']:.2f}" if "base_top1" in acc else "-", f"{acc['top1']:.2f}"))
@@ -132,9 +141,9 @@ def render_card(config: dict[str, Any], after: ModelStats, file_size: int, name:
         accuracy_note=accuracy_note,
         load_id=f"hf-hub:{repo}",
         repo_hint=repo,
-        architecture=config["architecture"],
+        architecture=architecture,
         library=library,
         storage=storage,
-        settings=[(k, v) for k, v in settings.items()],
+        settings=list(prov.config.to_dict().items()),  # field order, whatever order the file kept
     )
     return str(card).rstrip() + "\n"

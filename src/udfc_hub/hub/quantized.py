@@ -13,11 +13,11 @@ import torch.nn as nn
 
 from ..ops import QuantizedTensor, dequantize, pack_codes, packed_size, unpack_codes
 
-__all__ = ["QuantizedConv2d", "QuantizedLinear", "quantize_module", "is_quantized"]
+__all__ = ["QuantizedConv2d", "QuantizedLinear", "convert_to_packed", "is_quantized"]
 
 
 class _PackedWeightMixin:
-    """State-dict codec shared by the quantized layer classes. ``bits`` is set by ``quantize_module``."""
+    """State-dict codec shared by the quantized layer classes. ``bits`` is set by ``convert_to_packed``."""
 
     bits: int
     weight: nn.Parameter
@@ -32,13 +32,14 @@ class _PackedWeightMixin:
         self.weight_scale = qt.scale.detach().to(torch.float32).cpu().contiguous()
         self._refresh_weight()
 
-    def codes(self) -> QuantizedTensor:
+    def quantized_tensor(self) -> QuantizedTensor:
+        """The stored codes (unpacked, shaped like the weight), scale and bits."""
         n = self.weight.numel()
         raw = unpack_codes(self.weight_packed, self.bits, n).reshape(self.weight.shape)
         return QuantizedTensor(codes=raw, scale=self.weight_scale, bits=self.bits)
 
     def _refresh_weight(self) -> None:
-        w = dequantize(self.codes().codes, self.weight_scale, self.bits, dtype=torch.float32)
+        w = dequantize(self.quantized_tensor().codes, self.weight_scale, self.bits, dtype=torch.float32)
         if self.weight.is_meta:  # loaders that build on the meta device (transformers) never fill ``weight``
             dtype = self.weight.dtype if self.weight.dtype.is_floating_point else torch.float32
             self.weight = nn.Parameter(w.to(self.weight_packed.device, dtype), self.weight.requires_grad)
@@ -109,10 +110,9 @@ def is_quantized(module: nn.Module) -> bool:
     return isinstance(module, _PackedWeightMixin)
 
 
-def quantize_module(module: nn.Module, bits: int, scale_shape: tuple[int, ...]) -> nn.Module:
-    """Turn an ``nn.Conv2d`` / ``nn.Linear`` into its quantized class in place (same object, same weight).
-
-    Buffers for the packed codes and the scale are created empty; fill them with ``set_codes`` or a state dict.
+def convert_to_packed(module: nn.Module, bits: int, scale_shape: tuple[int, ...]) -> nn.Module:
+    """Swap an ``nn.Conv2d`` / ``nn.Linear``'s class for its packed-weight twin, in place (same object, same
+    weight), and allocate empty buffers for its codes and scale; fill them with ``set_codes`` or a state dict.
     """
     # an already quantized layer (a loaded artifact compressed again) keeps its class and gets new buffers
     cls = type(module) if is_quantized(module) else _quantized_class(type(module))

@@ -10,18 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 import timm
-import torch
 import torch.nn as nn
 from safetensors import SafetensorError
 from timm.models import build_model_with_cfg, register_model
 
-from ..adapters import ModelSpec, describe_model
+from ..adapters import describe_model
 from ..errors import ArtifactError
-from ..surgery import slice_channels
-from .format import FORMAT_VERSION
-from .quantized import quantize_module
+from .manifest import Manifest
 
-__all__ = ["PREFIX", "build_skeleton", "register_compressed", "resize_model", "udfc_name"]
+__all__ = ["PREFIX", "build_skeleton", "register_compressed", "udfc_name"]
 
 PREFIX = "udfc_"
 # timm modules whose models udfc_hub can compress: every one of their names gets a udfc_ twin
@@ -34,71 +31,22 @@ def udfc_name(base_architecture: str) -> str:
     return PREFIX + base_architecture
 
 
-def build_skeleton(
-    base_architecture: str,
-    channels: dict[str, int],
-    format_version: int = FORMAT_VERSION,
-    bits: int | None = None,
-    quantized_layers: dict[str, list[int]] | None = None,
-    provenance: dict[str, Any] | None = None,
-    **kwargs: Any,
-) -> nn.Module:
-    """The base model with pruned widths and quantized-layer classes; weights are placeholders until loaded.
+def build_skeleton(**model_args: Any) -> nn.Module:
+    """The base model with pruned widths and packed-weight layer classes; weights are placeholders until loaded.
 
-    ``channels``: kept output channels per pruned producer layer. ``quantized_layers``: the scale shape of each
-    quantized layer. ``provenance`` (settings, base model and its size, measured accuracy) is kept on the model so
-    that saving it again writes the same files. ``kwargs`` go to ``timm.create_model`` (``num_classes``, ...).
+    ``model_args`` is config.json's ``model_args`` (the manifest: base architecture, kept channels, bits, scale
+    shapes, provenance) plus what timm adds (``num_classes``, ``global_pool``, ...), which goes to
+    ``timm.create_model``. The manifest is kept on the model (``udfc_manifest``) so that saving it again writes
+    the same files.
     """
-    if format_version != FORMAT_VERSION:
-        from .. import __version__
-
-        raise ArtifactError(
-            f"this artifact uses udfc format version {format_version!r}; this udfc_hub ({__version__}) reads version "
-            f"{FORMAT_VERSION}. Upgrade udfc-hub: pip install -U udfc-hub"
-        )
-    kwargs.pop("pretrained_cfg", None)
-    kwargs.pop("pretrained_cfg_overlay", None)
-    model = timm.create_model(base_architecture, pretrained=False, **kwargs)
-    spec = describe_model(model)
-    resize_model(model, spec, channels)
-    for name, scale_shape in (quantized_layers or {}).items():
-        if bits is None:
-            raise ArtifactError("model_args lists quantized layers but no 'bits'")
-        quantize_module(_get(model, name), bits, tuple(scale_shape))
-    model.udfc_model_args = {
-        "format_version": format_version,
-        "base_architecture": base_architecture,
-        "channels": dict(channels),
-        "bits": bits,
-        "quantized_layers": {k: list(v) for k, v in (quantized_layers or {}).items()},
-        "provenance": provenance or {},
-    }
+    manifest_keys = ("format_version", "base_architecture", "channels", "bits", "quantized_layers", "provenance")
+    manifest = Manifest.from_model_args({k: model_args.pop(k) for k in manifest_keys if k in model_args})
+    model_args.pop("pretrained_cfg", None)
+    model_args.pop("pretrained_cfg_overlay", None)
+    model = timm.create_model(manifest.base_architecture, pretrained=False, **model_args)
+    manifest.apply(model, describe_model(model))
+    model.udfc_manifest = manifest
     return model
-
-
-def _get(model: nn.Module, name: str) -> nn.Module:
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        raise ArtifactError(f"config.json names layer {name!r}, which the base model does not have") from None
-
-
-def resize_model(model: nn.Module, spec: ModelSpec, channels: dict[str, int]) -> None:
-    """Give pruned producers, their norms, aligned modules and consumers their stored widths (empty values)."""
-    groups = {g.producer.name: g for g in spec.groups}
-    for name, width in channels.items():
-        group = groups.get(name)
-        if group is None:
-            raise ArtifactError(f"config.json prunes {name!r}, which is not a prunable layer of this model")
-        n = _get(model, name).weight.shape[0]
-        if not 0 < int(width) <= n:
-            raise ArtifactError(f"config.json keeps {width} channels of {name!r}, which has {n}")
-        keep = torch.arange(int(width))
-        for mod_name in (name, group.producer.norm, *group.aligned):
-            if mod_name:
-                slice_channels(_get(model, mod_name), keep, 0)
-        for c in group.consumers:
-            slice_channels(_get(model, c.name), keep, c.dim)
 
 
 def _make_entrypoint(name: str):

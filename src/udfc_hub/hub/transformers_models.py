@@ -29,9 +29,7 @@ from transformers import (
 
 from ..adapters import describe_model
 from ..errors import ArtifactError
-from .format import FORMAT, FORMAT_VERSION
-from .quantized import quantize_module
-from .timm_models import resize_model
+from .manifest import Manifest
 
 __all__ = [
     "UdfcResNetConfig",
@@ -51,27 +49,10 @@ class _UdfcModelMixin:
     config: Any
 
     def _udfc_build(self) -> None:
-        block = self.config.udfc or {}
-        if block.get("format") != FORMAT:
-            raise ArtifactError(f"config has no udfc block of format {FORMAT!r}: not a udfc_hub artifact.")
-        if block.get("format_version") != FORMAT_VERSION:
-            raise ArtifactError(
-                f"this artifact uses udfc format version {block.get('format_version')!r}; this udfc_hub reads "
-                f"version {FORMAT_VERSION}. Upgrade udfc-hub: pip install -U udfc-hub"
-            )
-        resize_model(self, describe_model(self), block.get("channels") or {})
-        bits = block.get("bits")
-        quantized = block.get("quantized_layers") or {}
-        for name, scale_shape in quantized.items():
-            if bits is None:
-                raise ArtifactError("config.json lists quantized layers but no 'bits'")
-            try:
-                module = self.get_submodule(name)
-            except AttributeError:
-                raise ArtifactError(f"config.json names layer {name!r}, which the base model does not have") from None
-            quantize_module(module, bits, tuple(scale_shape))
+        manifest = Manifest.from_udfc_block(self.config.udfc)
+        manifest.apply(self, describe_model(self))
         # the float weight of a quantized layer is not in the file: it is derived from the codes (``_init_weights``)
-        patterns = {rf"(^|\.){re.escape(name)}\.weight$" for name in quantized}
+        patterns = {rf"(^|\.){re.escape(name)}\.weight$" for name in manifest.quantized_layers}
         self._keys_to_ignore_on_load_missing = set(self._keys_to_ignore_on_load_missing or ()) | patterns
 
     def _init_weights(self, module: nn.Module) -> None:

@@ -32,12 +32,11 @@ class ShortcutA(nn.Module):
 
 
 class CifarBasicBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int = 1, mid_planes: int | None = None):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
         super().__init__()
-        mid = planes if mid_planes is None else mid_planes
-        self.conv1 = nn.Conv2d(in_planes, mid, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(mid)
-        self.conv2 = nn.Conv2d(mid, planes, 3, stride=1, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         if stride != 1 or in_planes != planes:
             self.shortcut: nn.Module = ShortcutA(planes // 4)

@@ -1,5 +1,6 @@
 """Pure tensor math: no ``nn.Module`` knowledge lives here."""
 
+from .allocate import allocate_greedy, loss_curve, uniform_widths
 from .moments import (
     ReluMoments,
     expected_output_shift,
@@ -17,6 +18,7 @@ from .prune import (
     NM_VARIANTS,
     FoldedLayer,
     PruneSolution,
+    channel_norms,
     fold_batchnorm,
     merge_into_consumer,
     neuron_merging_scales,
@@ -44,10 +46,13 @@ __all__ = [
     "PruneSolution",
     "QuantizedTensor",
     "ReluMoments",
+    "allocate_greedy",
+    "channel_norms",
     "dequantize",
     "expected_output_shift",
     "filter_correlation",
     "intercepts",
+    "loss_curve",
     "fold_batchnorm",
     "merge_into_consumer",
     "neuron_merging_scales",
@@ -62,6 +67,7 @@ __all__ = [
     "solve_prune_scales",
     "solve_quant_correction",
     "solve_relu_scales",
+    "uniform_widths",
     "unpack_codes",
     "variance_ratio",
 ]

@@ -19,6 +19,7 @@ __all__ = [
     "FoldedLayer",
     "PruneSolution",
     "fold_batchnorm",
+    "channel_norms",
     "rank_channels",
     "solve_prune_scales",
     "prune_loss",
@@ -83,6 +84,16 @@ def fold_batchnorm(
     return FoldedLayer(R=R, K=K, c=sigma / g_safe)
 
 
+def channel_norms(weight: torch.Tensor, criterion: str = "l2") -> torch.Tensor:
+    """The l1 or l2 norm of each output channel's filter (float64), the ranking of ``rank_channels``.
+
+    >>> channel_norms(torch.tensor([[3.0, -4.0], [1.0, 0.0]]), "l1").tolist()
+    [7.0, 1.0]
+    """
+    flat = weight.detach().reshape(weight.shape[0], -1).to(torch.float64)
+    return flat.abs().sum(dim=1) if criterion == "l1" else flat.norm(dim=1)
+
+
 def rank_channels(weight: torch.Tensor, n_keep: int, criterion: str = "l2") -> tuple[torch.Tensor, torch.Tensor]:
     """Split output channels into (kept, pruned) index tensors, both sorted ascending.
 
@@ -96,9 +107,7 @@ def rank_channels(weight: torch.Tensor, n_keep: int, criterion: str = "l2") -> t
     n = weight.shape[0]
     if not 0 < n_keep <= n:
         raise ValueError(f"n_keep must be in 1..{n}, got {n_keep}")
-    flat = weight.detach().reshape(n, -1).to(torch.float64)
-    norms = flat.abs().sum(dim=1) if criterion == "l1" else flat.norm(dim=1)
-    order = torch.sort(norms, descending=True, stable=True).indices
+    order = torch.sort(channel_norms(weight, criterion), descending=True, stable=True).indices
     keep = torch.sort(order[:n_keep]).values
     pruned = torch.sort(order[n_keep:]).values
     return keep, pruned

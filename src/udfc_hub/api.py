@@ -1,0 +1,168 @@
+"""The public, task-level functions above the Hub layer: load a model from any source, compress and publish it.
+
+``load_model`` turns a timm name, an ``hf-hub:`` / ``local-dir:`` source or a module into a model;
+``compress_and_push`` loads, compresses (``udfc_hub.compress``, the same options and defaults by construction:
+both build a ``CompressionConfig``), optionally evaluates, saves and pushes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+from .config import CompressionConfig
+from .errors import InvalidArgumentError, UdfcError
+from .hub.artifact import check_output_folder, save_pretrained
+from .hub.publish import check_repo_id, push, resolve_token
+
+__all__ = ["load_model", "compress_and_push"]
+
+_HUB_PREFIXES = ("hf-hub:", "local-dir:")
+
+
+def _transformers_twin(source: str) -> str | None:
+    """The folder or repo id of a ``local-dir:`` / ``hf-hub:`` source whose config.json has a udfc_ model_type."""
+    kind, _, where = source.partition(":")
+    if kind == "local-dir":
+        path = Path(where) / "config.json"
+        if not path.is_file():
+            return None
+    else:
+        from huggingface_hub import hf_hub_download
+
+        path = Path(hf_hub_download(where, "config.json"))
+    try:
+        model_type = json.loads(path.read_text()).get("model_type", "")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return where if isinstance(model_type, str) and model_type.startswith("udfc_") else None
+
+
+def _check_source(source: Any) -> None:
+    import timm
+
+    if not isinstance(source, str) or not source:
+        raise InvalidArgumentError(
+            f"model must be a timm model name, an hf-hub:/local-dir: source or an nn.Module, got {source!r}."
+        )
+    if not source.startswith(_HUB_PREFIXES) and not timm.is_model(source.split(".")[0]):
+        close = timm.list_models(f"*{source.split('.')[0]}*")[:8]
+        hint = f" Did you mean one of: {', '.join(close)}?" if close else " See timm.list_models()."
+        raise InvalidArgumentError(f"unknown timm model {source!r}.{hint}")
+
+
+def _from_checkpoint(source: str, checkpoint: str | os.PathLike) -> nn.Module:
+    import timm
+
+    if not Path(checkpoint).is_file():
+        raise InvalidArgumentError(f"checkpoint {checkpoint} does not exist.")
+    try:
+        return timm.create_model(source, pretrained=False, checkpoint_path=str(checkpoint)).eval()
+    except Exception as e:
+        raise InvalidArgumentError(
+            f"could not load checkpoint {checkpoint} into {source}: {type(e).__name__}: {str(e)[:300]}"
+        ) from e
+
+
+def _pretrained(source: str) -> nn.Module:
+    import timm
+
+    try:
+        twin = _transformers_twin(source) if source.startswith(_HUB_PREFIXES) else None
+        if twin is not None:  # a transformers-native udfc artifact (model_type udfc_resnet, ...)
+            from transformers import AutoModelForImageClassification
+
+            return AutoModelForImageClassification.from_pretrained(twin).eval()
+        return timm.create_model(source, pretrained=True).eval()
+    except UdfcError:
+        raise
+    except Exception as e:  # network, missing weights, or a corrupt cache: say so in one line
+        raise UdfcError(
+            f"could not load pretrained weights for {source} ({type(e).__name__}: {str(e)[:300]}). Without network, "
+            "give a local file (--checkpoint / checkpoint=) or a local-dir: folder."
+        ) from e
+
+
+def load_model(
+    source: str | nn.Module, checkpoint: str | os.PathLike | None = None, pretrained: bool = True
+) -> nn.Module:
+    """A model from a timm name (``resnet34`` or ``resnet34.a1_in1k``), ``hf-hub:``/``local-dir:`` source, or module.
+
+    Names load their pretrained weights through timm (from the Hub, or its cache); with ``checkpoint`` the weights
+    come from that local file instead (timm's ``checkpoint_path``); ``pretrained=False`` gives random weights.
+
+    Example:
+        >>> import udfc_hub
+        >>> udfc_hub.load_model("resnet18", pretrained=False).num_classes
+        1000
+    """
+    import timm
+
+    if isinstance(source, nn.Module):
+        return source
+    _check_source(source)
+    if checkpoint is not None:
+        return _from_checkpoint(source, checkpoint)
+    if not pretrained and not source.startswith(_HUB_PREFIXES):
+        return timm.create_model(source, pretrained=False).eval()
+    return _pretrained(source)
+
+
+def compress_and_push(
+    model: str | nn.Module,
+    repo_id: str,
+    config: CompressionConfig | None = None,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    commit_message: str | None = None,
+    eval_data: str | os.PathLike | None = None,
+    local_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    **options: Any,
+) -> str:
+    """Compress ``model`` without data, save it, and publish it to ``repo_id``; returns the commit URL.
+
+    ``model`` is a timm name (optionally with a pretrained tag, e.g. ``resnet34.a1_in1k``), an ``hf-hub:`` or
+    ``local-dir:`` source, or an ``nn.Module``. ``config`` and ``**options`` are those of ``udfc_hub.compress``
+    (``prune_ratio``, ``bits``, ``method``, ...), with the same defaults. The folder goes to ``local_dir`` (or a
+    new temporary folder, named in the log and in any error) and stays there. With ``eval_data`` (see
+    ``udfc_hub.evaluate``) the accuracy before and after is measured and written into the card. The repo id,
+    the options, the output folder and the token are all checked before any work.
+
+    Example (needs a Hub and a token, so not run as a doctest)::
+
+        udfc_hub.compress_and_push("resnet34", "me/resnet34-udfc-p30-w6", prune_ratio=0.3, bits=6)
+    """
+    from .engine import compress
+    from .evaluation import compare_accuracy
+
+    check_repo_id(repo_id)
+    cfg = CompressionConfig.build(config, **options)
+    if local_dir is not None:
+        folder = check_output_folder(local_dir, overwrite)
+    tok = resolve_token(token)  # before any compression work
+    if local_dir is None:
+        folder = Path(tempfile.mkdtemp(prefix="udfc-hub-")) / repo_id.split("/")[-1]
+    base = load_model(model)
+    result = compress(base, cfg)
+    accuracy = None
+    if eval_data is not None:
+        _, _, accuracy = compare_accuracy(base, result.model, eval_data)
+    save_pretrained(result, folder, overwrite=overwrite, accuracy=accuracy, repo_id=repo_id)
+    return push(
+        folder,
+        repo_id,
+        private=private,
+        token=tok,
+        revision=revision,
+        create_pr=create_pr,
+        commit_message=commit_message,
+    )

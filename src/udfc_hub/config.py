@@ -1,0 +1,262 @@
+"""The compression options: one frozen, validated ``CompressionConfig`` that every entry point goes through.
+
+Each option is defined once, here: its default, what it accepts and its help text. ``udfc_hub.compress``,
+``compress_and_push``, the ``udfc-hub`` command line (its flags are generated from these fields) and the saved
+``config.json`` (``udfc.compression``) all read and write this object. This module imports neither torch nor
+the rest of the package, so the command line can build its parser without them.
+
+>>> cfg = CompressionConfig(prune_ratio=0.5, bits=4)
+>>> cfg.method, cfg.resolved().fit
+('udfc+', 'relu')
+>>> CompressionConfig.preset("udfc").resolved().quant_correction
+'udfc'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from numbers import Integral, Real
+from typing import Any
+
+from .errors import InvalidArgumentError
+
+__all__ = [
+    "CompressionConfig",
+    "METHODS",
+    "FITS",
+    "QUANT_CORRECTIONS",
+    "LAYER_RATIOS",
+    "REFERENCES",
+    "CRITERIA",
+    "GRANULARITIES",
+    "NM_VARIANTS",
+    "MIN_BITS",
+    "MAX_BITS",
+    "PRESETS",
+]
+
+METHODS = ("udfc+", "udfc", "nm", "prune", "rtn")
+FITS = ("relu", "linear")
+QUANT_CORRECTIONS = ("none", "udfc", "scale")
+LAYER_RATIOS = ("uniform", "adaptive")
+REFERENCES = ("compensated", "original")
+CRITERIA = ("l1", "l2")  # ops.prune.CRITERIA; a test keeps them equal
+GRANULARITIES = ("tensor", "channel")  # ops.quantize.GRANULARITIES
+NM_VARIANTS = ("code", "derived")  # ops.prune.NM_VARIANTS
+MIN_BITS, MAX_BITS = 2, 8  # ops.quantize.MIN_BITS / MAX_BITS
+
+# What each method means for the options left at None. "udfc" is the paper as written; "udfc+" is this
+# project's data-free extension (docs/method.md); the others are baselines.
+PRESETS: dict[str, dict[str, Any]] = {
+    "udfc+": dict(fit="relu", bias_correction=True, variance_correction=True, quant_correction="none"),
+    "udfc": dict(fit="linear", bias_correction=False, variance_correction=False, quant_correction="udfc"),
+    "nm": dict(fit=None, bias_correction=False, variance_correction=False, quant_correction="none"),
+    "prune": dict(fit=None, bias_correction=False, variance_correction=False, quant_correction="none"),
+    "rtn": dict(fit=None, bias_correction=False, variance_correction=False, quant_correction="none"),
+}
+# options whose None means "what the method implies"
+_PRESET_KEYS = ("fit", "bias_correction", "variance_correction", "quant_correction")
+
+
+def _option(default: Any, help: str, *, choices: tuple | None = None, kind: str, cli: str | None = None, **extra):
+    """A dataclass field carrying its command-line description: ``kind`` is ratio, bits, choice, flag or number."""
+    meta = {"help": help, "choices": choices, "kind": kind, "cli": cli, **extra}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    """Everything that decides what ``udfc_hub.compress`` does; frozen and validated on construction.
+
+    Options left at None take the value the method implies (``PRESETS``); ``resolved()`` fills them in.
+    Use ``replace(**changes)`` for a changed copy and ``to_dict()`` / ``from_dict()`` for config.json.
+    """
+
+    method: str = _option(
+        "udfc+",
+        "udfc+ (UDFC with BN-moment corrections), udfc (the paper as written), nm (Neuron Merging), prune or rtn "
+        "(no compensation)",
+        choices=METHODS,
+        kind="choice",
+    )
+    prune_ratio: float = _option(
+        0.3,
+        "fraction of each prunable group's channels to remove, in [0, 1); 0 = quantize only",
+        kind="ratio",
+        cli="--prune",
+    )
+    bits: int | None = _option(
+        6, f"weight bits {MIN_BITS}..{MAX_BITS}, or none for full-precision weights (prune only)", kind="bits"
+    )
+    criterion: str = _option("l2", "filter norm that picks the kept channels", choices=CRITERIA, kind="choice")
+    granularity: str = _option(
+        "channel",
+        "quantizer scale per output channel, or one per tensor (the paper)",
+        choices=GRANULARITIES,
+        kind="choice",
+    )
+    fit: str | None = _option(
+        None,
+        "how udfc/udfc+ solve the pruning scales: relu (least squares after the ReLU, from BN moments) or linear "
+        "(the paper: BN-folded filters)",
+        choices=FITS,
+        kind="choice",
+        advanced=True,
+    )
+    nonnegative: bool = _option(
+        False, "with fit=linear, constrain the pruning scales to be >= 0", kind="flag", advanced=True
+    )
+    bias_correction: bool | None = _option(
+        None,
+        "move the expected error of pruning and quantization into the next BN's running mean or the bias",
+        kind="flag",
+        advanced=True,
+    )
+    variance_correction: bool | None = _option(
+        None,
+        "rescale the consumer BN's running variance by the variance that pruning loses",
+        kind="flag",
+        advanced=True,
+    )
+    quant_correction: str | None = _option(
+        None,
+        "none, udfc (the paper's scale t on the BN output) or scale (t folded into the weight scales)",
+        choices=QUANT_CORRECTIONS,
+        kind="choice",
+        advanced=True,
+    )
+    layer_ratios: str = _option(
+        "uniform",
+        "uniform (every group loses prune_ratio of its channels) or adaptive (same total, spread by each group's "
+        "reconstruction error)",
+        choices=LAYER_RATIOS,
+        kind="choice",
+        advanced=True,
+    )
+    alpha1: float = _option(
+        0.01, "weight of the bias term in UDFC's pruning loss", kind="number", bounds=(0, math.inf), advanced=True
+    )
+    alpha2: float = _option(
+        0.008,
+        "weight of the bias term in UDFC's quantization loss",
+        kind="number",
+        bounds=(0, math.inf),
+        advanced=True,
+    )
+    reference: str = _option(
+        "compensated",
+        "weights a layer's pruning solve uses once earlier compensation changed them: compensated (current) or "
+        "original (the input model's)",
+        choices=REFERENCES,
+        kind="choice",
+        advanced=True,
+    )
+    nm_variant: str = _option(
+        "code",
+        "Neuron Merging as its released code does it, or the derived algebra",
+        choices=NM_VARIANTS,
+        kind="choice",
+        advanced=True,
+    )
+    nm_lambda: float = _option(
+        0.85, "Neuron Merging's cosine/bias trade-off", kind="number", bounds=(0, 1), advanced=True
+    )
+    nm_threshold: float = _option(
+        0.1, "Neuron Merging's minimum cosine similarity", kind="number", bounds=(-1, 1), advanced=True
+    )
+
+    def __post_init__(self) -> None:
+        self._check_size()
+        for f in dataclasses.fields(self):
+            self._check_field(f)
+        self._check_combination()
+
+    def _check_size(self) -> None:
+        ratio, bits = self.prune_ratio, self.bits
+        if isinstance(ratio, bool) or not isinstance(ratio, Real) or not 0 <= ratio < 1:
+            raise InvalidArgumentError(f"prune_ratio must be a number in [0, 1), got {ratio!r}.")
+        if bits is not None and (
+            isinstance(bits, bool) or not isinstance(bits, Integral) or not MIN_BITS <= bits <= MAX_BITS
+        ):
+            raise InvalidArgumentError(
+                f"bits must be an integer in {MIN_BITS}..{MAX_BITS}, or None for full precision; got {bits!r}."
+            )
+        if ratio == 0 and bits is None:
+            raise InvalidArgumentError(
+                "Nothing to do: prune_ratio=0 and bits=None. Set a prune_ratio in (0, 1), bits in 2..8, or both."
+            )
+        object.__setattr__(self, "prune_ratio", float(ratio))
+        object.__setattr__(self, "bits", None if bits is None else int(bits))
+
+    def _check_field(self, f: dataclasses.Field) -> None:
+        value, meta = getattr(self, f.name), f.metadata
+        if meta["kind"] == "choice":
+            accepted = meta["choices"] if f.default is not None else (None, *meta["choices"])
+            if not isinstance(value, (str, type(None))) or value not in accepted:
+                listed = ", ".join(str(a) for a in accepted)
+                raise InvalidArgumentError(f"{f.name} must be one of {listed}; got {value!r}.")
+        elif meta["kind"] == "flag" and not (isinstance(value, bool) or (value is None and f.default is None)):
+            default = " (or None for the method's default)" if f.default is None else ""
+            raise InvalidArgumentError(f"{f.name} must be True or False{default}; got {value!r}.")
+        elif meta["kind"] == "number":
+            lo, hi = meta["bounds"]
+            if isinstance(value, bool) or not isinstance(value, Real) or math.isnan(value) or not lo <= value <= hi:
+                raise InvalidArgumentError(f"{f.name} must be a number in [{lo}, {hi}], got {value!r}.")
+            object.__setattr__(self, f.name, float(value))
+
+    def _check_combination(self) -> None:
+        if self.fit is not None and self.method not in ("udfc", "udfc+"):
+            raise InvalidArgumentError(
+                f"fit applies to method udfc or udfc+ only; method={self.method!r} chooses its scales its own way."
+            )
+        fit = self.fit if self.fit is not None else PRESETS[self.method]["fit"]
+        if self.nonnegative and (self.method not in ("udfc", "udfc+") or fit != "linear"):
+            raise InvalidArgumentError("nonnegative=True needs method 'udfc' or 'udfc+' with fit='linear'.")
+
+    @classmethod
+    def preset(cls, method: str, **overrides: Any) -> CompressionConfig:
+        """The options of ``method`` (``"udfc+"``, ``"udfc"``, ``"nm"``, ``"prune"``, ``"rtn"``), with overrides."""
+        return cls(method=method, **overrides)
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def build(cls, config: CompressionConfig | None = None, **overrides: Any) -> CompressionConfig:
+        """``config`` (default: the defaults) with ``overrides`` applied; unknown names are refused by name."""
+        if config is not None and not isinstance(config, cls):
+            raise InvalidArgumentError(
+                f"config must be a udfc_hub.CompressionConfig, got {type(config).__name__}; pass options by keyword, "
+                "e.g. compress(model, prune_ratio=0.3, bits=6)."
+            )
+        unknown = sorted(set(overrides) - set(cls.option_names()))
+        if unknown:
+            raise InvalidArgumentError(
+                f"unknown compression option(s) {', '.join(unknown)}; accepted: {', '.join(cls.option_names())}."
+            )
+        if config is None:
+            return cls(**overrides)
+        return config.replace(**overrides) if overrides else config
+
+    def replace(self, **changes: Any) -> CompressionConfig:
+        """A copy with ``changes`` (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def resolved(self) -> CompressionConfig:
+        """The same options with every None that the method decides filled in (what the engine runs)."""
+        fills = {k: v for k, v in PRESETS[self.method].items() if getattr(self, k) is None and v is not None}
+        return self.replace(**fills) if fills else self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values in field order (config.json's ``udfc.compression``)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CompressionConfig:
+        """Read ``to_dict()``'s output back (validated; unknown keys refused)."""
+        if not isinstance(values, dict):
+            raise InvalidArgumentError(f"compression options must be a dict, got {type(values).__name__}.")
+        return cls.build(**values)

@@ -1,0 +1,223 @@
+"""The manifest of a compressed model: what ``config.json`` says the network is, typed and checked in one place.
+
+A manifest names the base architecture, the kept width of every pruned producer, the quantized layers with
+their bits and scale shapes, the provenance (options, base model, its size, measured accuracy) and the format
+version. It is written by ``pack_model`` and read back, through ``Manifest.from_config``, by every loader: the
+timm ``udfc_*`` entrypoints, the transformers twins and ``check_artifact``. ``apply`` shrinks and converts a
+freshly built base model to it.
+
+timm artifacts keep it as config.json's ``model_args`` (timm passes those to the entrypoint); transformers
+twins as the ``udfc`` block of their config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..config import MAX_BITS, MIN_BITS, CompressionConfig
+from ..errors import ArtifactError, InvalidArgumentError
+from ..surgery import slice_channels
+from .format import FORMAT, FORMAT_VERSION
+from .quantized import convert_to_packed
+
+__all__ = ["Manifest", "Provenance", "check_format"]
+
+_MAX_DIM = 1 << 20  # no layer of a vision model has a million channels; a bigger number is a hostile file
+
+
+def check_format(version: Any, where: str = "config.json") -> None:
+    """Refuse a udfc format version this udfc_hub cannot read, saying how to get one that can."""
+    if version != FORMAT_VERSION:
+        from .._version import __version__
+
+        raise ArtifactError(
+            f"{where} uses udfc format version {version!r}; this udfc_hub ({__version__}) reads version "
+            f"{FORMAT_VERSION}. Upgrade udfc-hub: pip install -U udfc-hub"
+        )
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a compressed model came from: the options used, the base model and its size, measured accuracy."""
+
+    settings: dict[str, Any]
+    base_model: str | None = None
+    base_license: str | None = None
+    base_params: int = 0
+    base_macs: int = 0
+    accuracy: dict[str, Any] | None = None
+
+    @property
+    def config(self) -> CompressionConfig:
+        return CompressionConfig.from_dict(self.settings)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "settings": dict(self.settings),
+            "base_model": self.base_model,
+            "base_license": self.base_license,
+            "base_params": self.base_params,
+            "base_macs": self.base_macs,
+        }
+        if self.accuracy is not None:
+            out["accuracy"] = dict(self.accuracy)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Provenance:
+        if not isinstance(d, dict) or not isinstance(d.get("settings"), dict):
+            raise ArtifactError("config.json: provenance must be a dict with the compression settings.")
+        try:
+            CompressionConfig.from_dict(d["settings"])
+        except InvalidArgumentError as e:
+            raise ArtifactError(f"config.json: the recorded compression settings are invalid: {e}") from None
+        for key in ("base_params", "base_macs"):
+            if isinstance(d.get(key), bool) or not isinstance(d.get(key, 0), int) or d.get(key, 0) < 0:
+                raise ArtifactError(f"config.json: provenance.{key} must be a non-negative integer.")
+        for key in ("base_model", "base_license"):
+            if d.get(key) is not None and not isinstance(d[key], str):
+                raise ArtifactError(f"config.json: provenance.{key} must be a string or null.")
+        if d.get("accuracy") is not None and not isinstance(d["accuracy"], dict):
+            raise ArtifactError("config.json: provenance.accuracy must be a dict.")
+        return cls(
+            settings=dict(d["settings"]),
+            base_model=d.get("base_model"),
+            base_license=d.get("base_license"),
+            base_params=int(d.get("base_params", 0)),
+            base_macs=int(d.get("base_macs", 0)),
+            accuracy=d.get("accuracy"),
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A compressed model's structure and provenance (see the module docstring)."""
+
+    base_architecture: str
+    channels: dict[str, int]
+    bits: int | None
+    quantized_layers: dict[str, tuple[int, ...]]  # layer name -> scale shape
+    provenance: Provenance
+    format_version: int = field(default=FORMAT_VERSION)
+
+    def __post_init__(self) -> None:
+        check_format(self.format_version)
+        if not isinstance(self.base_architecture, str) or not self.base_architecture:
+            raise ArtifactError("config.json: base_architecture must be a non-empty string.")
+        if not isinstance(self.channels, dict) or not all(
+            isinstance(k, str) and _is_count(v) for k, v in self.channels.items()
+        ):
+            raise ArtifactError(f"config.json: channels must map layer names to widths in 1..{_MAX_DIM}.")
+        if self.bits is not None and (isinstance(self.bits, bool) or self.bits not in range(MIN_BITS, MAX_BITS + 1)):
+            raise ArtifactError(f"config.json: bits must be an integer in {MIN_BITS}..{MAX_BITS} or null.")
+        if not isinstance(self.quantized_layers, dict) or not all(
+            isinstance(k, str) and isinstance(v, (list, tuple)) and 0 < len(v) <= 4 and all(map(_is_count, v))
+            for k, v in self.quantized_layers.items()
+        ):
+            raise ArtifactError("config.json: quantized_layers must map layer names to scale shapes.")
+        if self.quantized_layers and self.bits is None:
+            raise ArtifactError("config.json lists quantized layers but no 'bits'.")
+        object.__setattr__(self, "quantized_layers", {k: tuple(v) for k, v in self.quantized_layers.items()})
+
+    # timm: config.json's model_args
+
+    def to_model_args(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "base_architecture": self.base_architecture,
+            "channels": dict(self.channels),
+            "bits": self.bits,
+            "quantized_layers": {k: list(v) for k, v in self.quantized_layers.items()},
+            "provenance": self.provenance.to_dict(),
+        }
+
+    @classmethod
+    def from_model_args(cls, args: Any) -> Manifest:
+        if not isinstance(args, dict):
+            raise ArtifactError("config.json: model_args must be a dict.")
+        if "base_architecture" not in args:
+            raise ArtifactError("config.json: model_args has no base_architecture; not a udfc_hub artifact.")
+        check_format(args.get("format_version"))
+        return cls(
+            base_architecture=args["base_architecture"],
+            channels=args.get("channels") or {},
+            bits=args.get("bits"),
+            quantized_layers=args.get("quantized_layers") or {},
+            provenance=Provenance.from_dict(args.get("provenance")),
+            format_version=args["format_version"],
+        )
+
+    # transformers: the config's udfc block
+
+    def to_udfc_block(self) -> dict[str, Any]:
+        from .._version import __version__
+
+        return {
+            "format": FORMAT,
+            "format_version": self.format_version,
+            "udfc_hub_version": __version__,
+            "base_model": self.provenance.base_model,
+            "compression": dict(self.provenance.settings),
+            **{k: v for k, v in self.to_model_args().items() if k != "format_version"},
+        }
+
+    @classmethod
+    def from_udfc_block(cls, block: Any) -> Manifest:
+        if not isinstance(block, dict) or block.get("format") != FORMAT:
+            raise ArtifactError(f"config has no udfc block of format {FORMAT!r}: not a udfc_hub artifact.")
+        return cls.from_model_args(block)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Manifest:
+        """The manifest of a loaded config.json of either layout (timm ``model_args`` or a transformers twin)."""
+        block = config.get("udfc")
+        if not isinstance(block, dict) or block.get("format") != FORMAT:
+            raise ArtifactError(f"config.json has no udfc block of format {FORMAT!r}: not a udfc_hub artifact.")
+        check_format(block.get("format_version"))
+        if "model_type" in config:
+            return cls.from_udfc_block(block)
+        return cls.from_model_args(config.get("model_args"))
+
+    def with_provenance(self, **changes: Any) -> Manifest:
+        from dataclasses import replace
+
+        return replace(self, provenance=replace(self.provenance, **changes))
+
+    def apply(self, model: nn.Module, spec) -> None:
+        """Give a freshly built base model the stored widths and packed-weight layer classes (empty values)."""
+        resize_model(model, spec, self.channels)
+        for name, scale_shape in self.quantized_layers.items():
+            convert_to_packed(_get(model, name), self.bits, scale_shape)
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 < v <= _MAX_DIM
+
+
+def _get(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise ArtifactError(f"config.json names layer {name!r}, which the base model does not have") from None
+
+
+def resize_model(model: nn.Module, spec, channels: dict[str, int]) -> None:
+    """Give pruned producers, their norms, aligned modules and consumers their stored widths (empty values)."""
+    groups = {g.producer.name: g for g in spec.groups}
+    for name, width in channels.items():
+        group = groups.get(name)
+        if group is None:
+            raise ArtifactError(f"config.json prunes {name!r}, which is not a prunable layer of this model")
+        n = _get(model, name).weight.shape[0]
+        if not 0 < int(width) <= n:
+            raise ArtifactError(f"config.json keeps {width} channels of {name!r}, which has {n}")
+        keep = torch.arange(int(width))
+        for mod_name in (name, group.producer.norm, *group.aligned):
+            if mod_name:
+                slice_channels(_get(model, mod_name), keep, 0)
+        for c in group.consumers:
+            slice_channels(_get(model, c.name), keep, c.dim)

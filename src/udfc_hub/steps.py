@@ -1,0 +1,278 @@
+"""The per-layer pass of the engine as small steps that take and return values.
+
+For a layer that produces a prunable group: ``plan_pruning`` (select the kept channels, solve the
+compensation) -> ``apply_pruning`` (slice the producer, its norm and aligned modules). For every layer:
+``quantize_layer`` (codes, UDFC's t or the scale correction) -> ``remove_expected_shift`` (bias correction).
+Then ``compensate_consumers`` (merge the pruned channels into the consumers, add the intercepts, rescale the
+consumer BN variance) and ``place_correction`` (where t goes when the consumers cannot take it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from .adapters import ChannelGroup, Layer
+from .config import CompressionConfig
+from .ops import (
+    QuantizedTensor,
+    ReluMoments,
+    expected_output_shift,
+    filter_correlation,
+    fold_batchnorm,
+    intercepts,
+    merge_into_consumer,
+    neuron_merging_scales,
+    prune_loss,
+    quantize_dorefa,
+    rank_channels,
+    relu_moments,
+    solve_nonnegative_scales,
+    solve_prune_scales,
+    solve_quant_correction,
+    solve_relu_scales,
+    variance_ratio,
+)
+from .surgery import set_param, slice_channels, sync_shape_attrs
+
+__all__ = [
+    "PrunePlan",
+    "QuantizedLayer",
+    "bn_params",
+    "plan_pruning",
+    "apply_pruning",
+    "quantize_layer",
+    "remove_expected_shift",
+    "compensate_consumers",
+    "place_correction",
+]
+
+
+def bn_params(norm: nn.Module | None) -> tuple:
+    """The BatchNorm arguments of ``fold_batchnorm`` (gamma, beta, mean, var, eps); all None without a norm."""
+    if norm is None:
+        return (None, None, None, None)
+    return (norm.weight, norm.bias, norm.running_mean, norm.running_var, norm.eps)
+
+
+@dataclass
+class PrunePlan:
+    """Which channels of a producer stay, and how the consumers absorb the others.
+
+    ``scales[j, i]``: pruned channel j approximated by ``sum_i scales[j, i] * kept channel i`` (None: plain
+    removal). ``moments``: the Gaussian-ReLU model of the channels, when the group allows it and a step uses it.
+    ``fallback``: udfc+ wanted the moment model but the group does not declare a ReLU after its norm.
+    """
+
+    keep: torch.Tensor
+    pruned: torch.Tensor
+    scales: torch.Tensor | None
+    moments: ReluMoments | None
+    solver: str | None
+    residual: float
+    fallback: bool = False
+
+
+def _uses_moments(cfg: CompressionConfig) -> bool:
+    relu_fit = cfg.method in ("udfc", "udfc+") and cfg.fit == "relu"
+    return relu_fit or bool(cfg.bias_correction) or bool(cfg.variance_correction)
+
+
+@torch.no_grad()
+def plan_pruning(
+    ref: nn.Module, ref_norm: nn.Module | None, group: ChannelGroup, n_keep: int, cfg: CompressionConfig
+) -> PrunePlan:
+    """Rank ``ref``'s filters, keep ``n_keep``, and solve the pruning scales of ``cfg.method``."""
+    keep, pruned = rank_channels(ref.weight, n_keep, cfg.criterion)
+    folded = fold_batchnorm(ref.weight, ref.bias, *bn_params(ref_norm))
+    moments, fallback = None, False
+    if _uses_moments(cfg):
+        if group.relu_after_norm and ref_norm is not None:
+            # BN output of channel i ~ N(beta_i, gamma_i^2), correlated like the folded filters
+            moments = relu_moments(ref_norm.bias, ref_norm.weight.abs(), filter_correlation(folded.R))
+        else:
+            fallback = not group.relu_after_norm
+    scales, solver = _solve_scales(ref, ref_norm, folded, keep, pruned, moments, cfg)
+    zero = torch.zeros(len(pruned), len(keep), dtype=torch.float64)
+    loss = prune_loss(folded, keep, pruned, zero if scales is None else scales, cfg.alpha1)
+    residual = float(loss.mean()) if len(pruned) else 0.0
+    return PrunePlan(keep, pruned, scales, moments, solver, residual, fallback)
+
+
+def _solve_scales(ref, ref_norm, folded, keep, pruned, moments, cfg: CompressionConfig):
+    """(scales, solver name) of the method; (None, None) for the methods without compensation."""
+    if cfg.method in ("udfc", "udfc+"):
+        if cfg.fit == "relu" and moments is not None:
+            return solve_relu_scales(moments, keep, pruned), "relu-moments"
+        if cfg.nonnegative:
+            RS = folded.R[keep]
+            return solve_nonnegative_scales(RS @ RS.T, RS @ folded.R[pruned].T), "nonnegative"
+        solution = solve_prune_scales(folded, keep, pruned, cfg.alpha1)
+        return solution.scales, solution.solver
+    if cfg.method == "nm":
+        return _nm_scales(ref, ref_norm, keep, pruned, cfg), None
+    return None, None
+
+
+def _nm_scales(mod: nn.Module, norm: nn.Module | None, keep, pruned, cfg: CompressionConfig) -> torch.Tensor:
+    n = mod.weight.shape[0]
+    if norm is None:  # no BN: unit gamma and variance, the bias as beta
+        ones = torch.ones(n)
+        gamma, beta, mean, var, eps = ones, (mod.bias if mod.bias is not None else 0 * ones), 0 * ones, ones, 0.0
+    else:
+        gamma, beta, mean, var, eps = bn_params(norm)
+    return neuron_merging_scales(
+        mod.weight, gamma, beta, mean, var, keep, pruned,
+        eps=eps, lam=cfg.nm_lambda, threshold=cfg.nm_threshold, variant=cfg.nm_variant,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def apply_pruning(
+    model: nn.Module, layer: Layer, group: ChannelGroup, keep: torch.Tensor, means: dict[str, torch.Tensor]
+) -> None:
+    """Keep only channels ``keep`` of the producer, its norm and the modules aligned with it (in place)."""
+    n_out = model.get_submodule(layer.name).weight.shape[0]
+    for name in (layer.name, layer.norm, *group.aligned):
+        if name:
+            slice_channels(model.get_submodule(name), keep)
+    for name in group.aligned:
+        if name in means and means[name].shape[0] == n_out:  # a depthwise conv's input
+            means[name] = means[name][keep]
+
+
+@dataclass
+class QuantizedLayer:
+    """A layer's quantized weight: its codes, the float weight they give, and UDFC's t where one was solved."""
+
+    qt: QuantizedTensor
+    weight: torch.Tensor
+    error: float  # ||W~ - W|| / ||W||
+    t: torch.Tensor | None = None  # UDFC's per-channel correction, still to be placed (place_correction)
+    t_range: tuple[float, float] | None = None
+    correction: str | None = None  # "scale" when t was folded into the scales here
+
+
+@torch.no_grad()
+def quantize_layer(mod: nn.Module, norm: nn.Module | None, cfg: CompressionConfig) -> QuantizedLayer:
+    """Quantize ``mod.weight`` to ``cfg.bits`` and solve the quantization correction of ``cfg``."""
+    w = mod.weight.detach()
+    qt = quantize_dorefa(w, cfg.bits, cfg.granularity)
+    wq = qt.dequantize(w.dtype).to(w.device)
+    out = QuantizedLayer(qt, wq, float((wq - w).norm() / w.norm().clamp(min=1e-30)))
+    if cfg.quant_correction == "udfc":
+        bn = bn_params(norm)
+        ref = fold_batchnorm(w, mod.bias, *bn)
+        out.t = solve_quant_correction(ref.R, fold_batchnorm(wq, mod.bias, *bn).R, ref.K, cfg.alpha2)
+        out.t_range = (float(out.t.min()), float(out.t.max()))
+    elif cfg.quant_correction == "scale":  # t = <w~, w> / <w~, w~> per row, bias untouched
+        tw = solve_quant_correction(w, wq, torch.zeros(wq.shape[0]), 0.0)
+        out.qt = _rescaled(qt, tw)
+        out.weight = out.qt.dequantize(w.dtype).to(w.device)
+        out.t_range, out.correction = (float(tw.min()), float(tw.max())), "scale"
+    return out
+
+
+def _rescaled(qt: QuantizedTensor, t: torch.Tensor) -> QuantizedTensor:
+    shape = (-1,) + (1,) * (qt.codes.ndim - 1)
+    return QuantizedTensor(qt.codes, qt.scale * t.to(qt.scale).reshape(shape), qt.bits)
+
+
+@torch.no_grad()
+def remove_expected_shift(
+    mod: nn.Module, norm: nn.Module | None, delta: torch.Tensor, mean: torch.Tensor
+) -> float | None:
+    """Remove ``E[delta_W x]`` (x's mean ``mean``) through the next BN's running mean, or the bias.
+
+    Returns the largest shift removed, or None when there was nowhere to put it or the input changed shape.
+    """
+    groups = getattr(mod, "groups", 1)
+    if mean.shape[0] != delta.shape[1] * groups:  # the input was changed in a way the probe cannot follow
+        return None
+    shift = expected_output_shift(delta, mean, groups)
+    if norm is not None:
+        set_param(norm, "running_mean", norm.running_mean + shift.to(norm.running_mean))
+    elif mod.bias is not None:
+        set_param(mod, "bias", mod.bias - shift.to(mod.bias))
+    else:
+        return None
+    return float(shift.abs().max())
+
+
+@torch.no_grad()
+def compensate_consumers(
+    model: nn.Module,
+    group: ChannelGroup,
+    plan: PrunePlan | None,
+    t: torch.Tensor | None,
+    cfg: CompressionConfig,
+    means: dict[str, torch.Tensor],
+    norm_of: Callable[[str], nn.Module | None],
+) -> tuple[tuple[float, float] | None, list[str]]:
+    """Give every consumer of ``group`` its merged input columns (and t, when given); add each pruned channel's
+    missed mean to the consumer (bias correction) and rescale the consumer BN's variance (variance correction).
+
+    ``plan=None``: the group was not pruned (only t moves). Returns the range of the variance factors and notes.
+    """
+    n_in = model.get_submodule(group.producer.name).weight.shape[0]
+    keep = plan.keep if plan is not None else torch.arange(n_in)
+    pruned = plan.pruned if plan is not None else keep[:0]
+    scales = plan.scales if plan is not None else None
+    moments = plan.moments if plan is not None else None
+    icpt = None
+    if moments is not None and cfg.bias_correction and len(pruned):
+        icpt = intercepts(moments.mean, keep, pruned, scales)
+    ratios, notes = [], []
+    for c in group.consumers:
+        consumer = model.get_submodule(c.name)
+        before = consumer.weight.detach()
+        plain = merge_into_consumer(before, keep, pruned, scales, None, dim=c.dim)
+        merged = plain if t is None else merge_into_consumer(before, keep, pruned, scales, t, dim=c.dim)
+        set_param(consumer, "weight", merged)
+        sync_shape_attrs(consumer)
+        if c.dim == 1 and c.name in means and len(pruned):
+            means[c.name] = means[c.name][keep]
+        c_norm = norm_of(c.name)
+        if icpt is not None:
+            notes += _add_intercept(consumer, c_norm, before, pruned, icpt, c.dim)
+        if moments is not None and cfg.variance_correction and len(pruned) and c_norm is not None:
+            ratio = variance_ratio(before, plain, moments.cov, keep, dim=c.dim)
+            set_param(c_norm, "running_var", c_norm.running_var * ratio.to(c_norm.running_var))
+            ratios.append(ratio)
+    if not ratios:
+        return None, notes
+    allr = torch.cat(ratios)
+    return (float(allr.min()), float(allr.max())), notes
+
+
+def _add_intercept(consumer, c_norm, weight, pruned, icpt, dim: int) -> list[str]:
+    """The consumer's output gains ``sum_j V[:, j] b_j`` (summed over kernel taps; borders ignored)."""
+    v = weight.detach().movedim(dim, 1).to(torch.float64)[:, pruned]
+    delta = (v.reshape(v.shape[0], v.shape[1], -1).sum(-1) @ icpt).reshape(-1)
+    if c_norm is not None:
+        set_param(c_norm, "running_mean", c_norm.running_mean - delta.to(c_norm.running_mean))
+    elif consumer.bias is not None:
+        set_param(consumer, "bias", consumer.bias + delta.to(consumer.bias))
+    else:
+        return [f"{consumer.__class__.__name__} consumer without bias or BN: intercept dropped"]
+    return []
+
+
+@torch.no_grad()
+def place_correction(
+    mod: nn.Module, norm: nn.Module | None, qt: QuantizedTensor, t: torch.Tensor
+) -> tuple[QuantizedTensor, str]:
+    """Apply t to the layer itself when its consumers cannot take it: into its BN's affine parameters, else into
+    its weight scales and bias. Returns the (possibly rescaled) codes and where t went."""
+    if norm is not None:
+        set_param(norm, "weight", norm.weight * t.to(norm.weight))
+        set_param(norm, "bias", norm.bias * t.to(norm.bias))
+        return qt, "norm"
+    qt = _rescaled(qt, t)
+    set_param(mod, "weight", qt.dequantize(mod.weight.dtype).to(mod.weight.device))
+    if mod.bias is not None:
+        set_param(mod, "bias", mod.bias * t.to(mod.bias))
+    return qt, "rows"
