@@ -164,7 +164,7 @@ def markdown(rows, model: str, cli_args: str) -> str:
         "",
         f"Command: `python benchmarks/cifar10_plus.py{' ' + cli_args if cli_args else ''}`.",
         "Every row is `udfc_hub.compress(model, prune_ratio, bits, criterion='l2', **kwargs)` with the kwargs shown;",
-        "the method's own defaults fill the rest (`udfc_hub.engine.PRESETS`). Per-channel scales unless noted.",
+        "the method's own defaults fill the rest (`udfc_hub.config.PRESETS`). Per-channel scales unless noted.",
         "'vs udfc+' is the row's top-1 minus the default method's in the same setting.",
         "",
         "## Pruning only (full-precision weights)",

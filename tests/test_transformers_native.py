@@ -115,14 +115,18 @@ def test_saved_names_are_transformers_legacy_names_and_resave_is_identical(tmp_p
 
 
 def test_without_the_plugin_transformers_refuses_loudly(tmp_path):
-    folder = udfc_hub.save_pretrained(udfc_hub.compress(_model("resnet-basic"), prune_ratio=0.3, bits=6), tmp_path / "r")
+    folder = udfc_hub.save_pretrained(
+        udfc_hub.compress(_model("resnet-basic"), prune_ratio=0.3, bits=6), tmp_path / "r"
+    )
     code = f"from transformers import AutoModelForImageClassification as A; A.from_pretrained({str(folder)!r})"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "udfc_resnet" in out.stderr
 
 
 def test_a_tampered_config_is_a_clear_error(tmp_path):
-    folder = udfc_hub.save_pretrained(udfc_hub.compress(_model("resnet-basic"), prune_ratio=0.3, bits=6), tmp_path / "r")
+    folder = udfc_hub.save_pretrained(
+        udfc_hub.compress(_model("resnet-basic"), prune_ratio=0.3, bits=6), tmp_path / "r"
+    )
     config = json.loads((folder / "config.json").read_text())
     config["udfc"]["format_version"] = 99
     (folder / "config.json").write_text(json.dumps(config))

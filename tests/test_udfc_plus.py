@@ -152,7 +152,11 @@ def test_every_option_runs_and_keeps_codes_exact(kwargs):
     result = udfc_hub.compress(model, prune_ratio=0.3, bits=4, **kwargs)
     for name, qt in result.quantized.items():
         assert torch.equal(result.model.get_submodule(name).weight, qt.dequantize())
-    for key, value in kwargs.items():
-        assert result.report.settings[key] == value
+    # each option acts: the model differs from the one its method gives without it
+    method = kwargs.get("method", "udfc+")
+    base = udfc_hub.compress(model, prune_ratio=0.3, bits=4, method=method)
+    assert result.report.config != base.report.config
+    ours, theirs = result.model.state_dict(), base.model.state_dict()
+    assert any(ours[k].shape != theirs[k].shape or not torch.equal(ours[k], theirs[k]) for k in ours)
     with torch.inference_mode():
         assert torch.isfinite(result.model(torch.randn(2, 3, 32, 32))).all()

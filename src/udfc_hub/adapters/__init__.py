@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import torch.nn as nn
-
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+import torch.nn as nn
 
 from ..errors import InvalidArgumentError, UnsupportedModelError
 from .base import Adapter, ChannelGroup, Consumer, Layer, ModelSpec, conv_norm_pairs, mlp_spec

@@ -25,7 +25,7 @@ from ..errors import ArtifactError, InvalidArgumentError
 from ..profile import ModelStats, profile_model
 from .card import render_card
 from .format import FORMAT, FORMAT_VERSION
-from .manifest import Manifest, Provenance
+from .manifest import Manifest, Provenance, read_config_file
 from .quantized import convert_to_packed
 from .timm_models import PREFIX, register_compressed
 from .transformers_models import is_transformers_model, udfc_twin
@@ -329,15 +329,7 @@ def _replace_folder(tmp: Path, target: Path) -> None:
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
     """The ``config.json`` of a udfc_hub folder, checked (format, version, manifest) by ``Manifest.from_config``."""
-    cfg_path = Path(path) / CONFIG_NAME
-    if not cfg_path.is_file():
-        raise ArtifactError(f"{cfg_path} is missing: not a udfc_hub model folder.")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except (OSError, ValueError) as e:
-        raise ArtifactError(f"{cfg_path} is not valid JSON ({e}).") from None
-    if not isinstance(config, dict):
-        raise ArtifactError(f"{cfg_path} is not a JSON object: not a udfc_hub artifact.")
+    config = read_config_file(Path(path) / CONFIG_NAME)
     Manifest.from_config(config)
     return config
 

@@ -12,7 +12,9 @@ twins as the ``udfc`` block of their config.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,9 +26,22 @@ from ..surgery import slice_channels
 from .format import FORMAT, FORMAT_VERSION
 from .quantized import convert_to_packed
 
-__all__ = ["Manifest", "Provenance", "check_format"]
+__all__ = ["Manifest", "Provenance", "check_format", "read_config_file"]
 
 _MAX_DIM = 1 << 20  # no layer of a vision model has a million channels; a bigger number is a hostile file
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A config.json as a dict, or an ``ArtifactError`` naming the file (missing, not JSON, not an object)."""
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing: not a udfc_hub model folder.")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{path} is not valid JSON ({e}).") from None
+    if not isinstance(config, dict):
+        raise ArtifactError(f"{path} is not a JSON object: not a udfc_hub artifact.")
+    return config
 
 
 def check_format(version: Any, where: str = "config.json") -> None:

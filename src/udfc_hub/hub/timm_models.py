@@ -7,6 +7,7 @@ state dict holds packed codes; timm's strict loader then fills everything from `
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -16,7 +17,7 @@ from timm.models import build_model_with_cfg, register_model
 
 from ..adapters import describe_model
 from ..errors import ArtifactError
-from .manifest import Manifest
+from .manifest import Manifest, read_config_file
 
 __all__ = ["PREFIX", "build_skeleton", "register_compressed", "udfc_name"]
 
@@ -56,6 +57,10 @@ def _make_entrypoint(name: str):
                 f"{name} rebuilds a udfc_hub artifact and needs its model_args; load it with "
                 f"timm.create_model('hf-hub:<repo>', pretrained=True) or 'local-dir:<folder>'."
             )
+        if pretrained:  # the whole config.json passes the one validation, not only the model_args timm hands on
+            config = _source_config(kwargs.get("pretrained_cfg"))
+            if config is not None:
+                Manifest.from_config(config)
         try:
             return build_model_with_cfg(build_skeleton, name, pretrained, **kwargs)
         except (SafetensorError, RuntimeError, OSError) as e:
@@ -71,6 +76,21 @@ def _make_entrypoint(name: str):
     entrypoint.__module__ = __name__
     entrypoint.__doc__ = f"A udfc_hub-compressed {name[len(PREFIX) :]} (skeleton from config.json model_args)."
     return entrypoint
+
+
+def _source_config(cfg: Any) -> dict[str, Any] | None:
+    """The config.json that a ``local-dir:`` / ``hf-hub:`` load read (timm passes on only parts of it)."""
+    cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg or {})
+    if cfg.get("file"):
+        folder = Path(cfg["file"])
+        path = (folder if folder.is_dir() else folder.parent) / "config.json"
+    elif cfg.get("hf_hub_id"):
+        from huggingface_hub import hf_hub_download
+
+        path = Path(hf_hub_download(cfg["hf_hub_id"], "config.json"))  # cached: timm has just fetched it
+    else:
+        return None
+    return read_config_file(path)
 
 
 def _weights_location(cfg: Any) -> str:

@@ -1,0 +1,111 @@
+"""The manifest: one reader/validator for every loader; artifacts of format version 1 keep loading."""
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForImageClassification
+
+import udfc_hub
+from udfc_hub import ArtifactError
+from udfc_hub.hub.manifest import Manifest, Provenance
+
+DATA = Path(__file__).parent / "data"
+TIMM_V1 = DATA / "format1-cifar_resnet20-p50-w3"  # written by udfc-hub before the manifest existed
+HF_V1 = DATA / "format1-hf-resnet-p50-w3"
+
+
+def _manifest(**changes):
+    settings = udfc_hub.CompressionConfig().resolved().to_dict()
+    fields = dict(
+        base_architecture="cifar_resnet20",
+        channels={"layer1.0.conv1": 8},
+        bits=4,
+        quantized_layers={"conv1": (16, 1, 1, 1)},
+        provenance=Provenance(settings=settings, base_params=10, base_macs=20),
+    )
+    return Manifest(**(fields | changes))
+
+
+def test_model_args_and_udfc_block_round_trip():
+    m = _manifest()
+    assert Manifest.from_model_args(json.loads(json.dumps(m.to_model_args()))) == m
+    assert Manifest.from_udfc_block(json.loads(json.dumps(m.to_udfc_block()))) == m
+    assert m.with_provenance(accuracy={"top1": 50.0}).to_model_args()["provenance"]["accuracy"] == {"top1": 50.0}
+
+
+@pytest.mark.parametrize(
+    "changes,match",
+    [
+        ({"bits": 99}, "bits must be an integer in 2..8"),
+        ({"channels": {"layer1.0.conv1": -3}}, "channels must map layer names to widths"),
+        ({"channels": {"layer1.0.conv1": 10**12}}, "channels must map layer names to widths"),
+        ({"quantized_layers": {"conv1": [10**9, 1]}}, "quantized_layers must map layer names to scale shapes"),
+        ({"bits": None}, "quantized layers but no 'bits'"),
+        ({"format_version": 2}, "format version 2.*Upgrade udfc-hub"),
+        ({"base_architecture": ""}, "base_architecture must be a non-empty string"),
+    ],
+)
+def test_bad_manifests_are_refused_by_name(changes, match):
+    with pytest.raises(ArtifactError, match=match):
+        _manifest(**changes)
+
+
+def test_recorded_settings_are_validated():
+    args = _manifest().to_model_args()
+    args["provenance"]["settings"]["bits"] = 99
+    with pytest.raises(ArtifactError, match="recorded compression settings are invalid.*bits"):
+        Manifest.from_model_args(args)
+
+
+def test_format_1_timm_artifact_loads_with_identical_logits():
+    io = load_file(str(TIMM_V1.parent / (TIMM_V1.name + ".io.safetensors")))
+    udfc_hub.check_artifact(TIMM_V1)
+    model = timm.create_model(f"local-dir:{TIMM_V1}", pretrained=True).eval()
+    with torch.no_grad():
+        assert torch.equal(model(io["x"]), io["logits"])
+    assert model.udfc_manifest.base_architecture == "cifar_resnet20"
+
+
+def test_format_1_transformers_artifact_loads_with_identical_logits():
+    io = load_file(str(HF_V1.parent / (HF_V1.name + ".io.safetensors")))
+    udfc_hub.check_artifact(HF_V1)
+    model = AutoModelForImageClassification.from_pretrained(HF_V1).eval()
+    with torch.no_grad():
+        assert torch.equal(model(io["x"]).logits, io["logits"])
+
+
+def test_resaving_a_format_1_artifact_writes_the_same_files(tmp_path):
+    model = timm.create_model(f"local-dir:{TIMM_V1}", pretrained=True)
+    again = udfc_hub.save_pretrained(model, tmp_path / TIMM_V1.name)  # the card is titled by the folder name
+    for name in ("config.json", "model.safetensors", "README.md"):
+        assert (again / name).read_bytes() == (TIMM_V1 / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("where", ["udfc", "model_args"])
+def test_a_version_bumped_in_one_place_is_refused_by_every_loader(tmp_path, where):
+    folder = tmp_path / "m"
+    shutil.copytree(TIMM_V1, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (config["udfc"] if where == "udfc" else config["model_args"])["format_version"] = 7
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ArtifactError, match="format version 7"):
+        udfc_hub.check_artifact(folder)
+    with pytest.raises(ArtifactError, match="format version 7"):
+        udfc_hub.load_model(f"local-dir:{folder}")
+
+
+def test_manifest_of_both_layouts():
+    timm_cfg = json.loads((TIMM_V1 / "config.json").read_text())
+    hf_cfg = json.loads((HF_V1 / "config.json").read_text())
+    assert Manifest.from_config(timm_cfg).bits == 3
+    assert Manifest.from_config(hf_cfg).base_architecture == "ResNetForImageClassification"
+    broken = copy.deepcopy(timm_cfg)
+    del broken["udfc"]
+    with pytest.raises(ArtifactError, match="no udfc block"):
+        Manifest.from_config(broken)
