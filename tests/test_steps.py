@@ -90,7 +90,8 @@ def test_udfc_t_is_left_to_place_and_goes_into_the_norm_or_the_rows():
     ql = quantize_layer(lin, None, CompressionConfig.preset("udfc", bits=3).resolved())
     bias = lin.bias.detach().clone()
     qt, where = place_correction(lin, None, ql.qt, ql.t)
-    assert where == "rows" and torch.equal(lin.weight, qt.dequantize()) and torch.allclose(lin.bias, bias * ql.t.float())
+    assert where == "rows" and torch.equal(lin.weight, qt.dequantize())
+    assert torch.allclose(lin.bias, bias * ql.t.float())
 
 
 def test_expected_shift_goes_into_the_running_mean():
