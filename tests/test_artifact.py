@@ -93,8 +93,33 @@ def test_file_is_packed_and_small(resnet18_result, tmp_path):
     assert path.stat().st_size < 0.2 * 4 * resnet18_result.report.after.params
 
 
+def test_a_random_model_names_no_pretrained_base(resnet18_result, tmp_path):
+    # resnet18 created without weights: timm's pretrained_cfg still names timm/resnet18.a1_in1k, but those
+    # weights were not used, so neither the card nor config.json may claim that base or its license
+    folder = save_pretrained(resnet18_result, tmp_path / "r18")
+    meta = yaml.safe_load((folder / "README.md").read_text().split("---")[1])
+    config = json.loads((folder / "config.json").read_text())
+    assert "base_model" not in meta and "base_model_relation" not in meta and "license" not in meta
+    assert config["udfc"]["base_model"] is None and "license" not in config["pretrained_cfg"]
+
+
+def test_weights_loaded_by_name_are_the_named_base(cifar20, tmp_path, monkeypatch):
+    # load_model marks what it loaded pretrained weights from (here a stand-in for the Hub download)
+    def create(name, pretrained=False, **kwargs):
+        model = timm.models.create_model(name, pretrained=False, **kwargs)
+        model.pretrained_cfg = {**model.pretrained_cfg, "hf_hub_id": "someone/cifar-r20", "license": "mit"}
+        return model
+
+    monkeypatch.setattr(timm, "create_model", create)
+    base = udfc_hub.load_model("cifar_resnet20")
+    folder = save_pretrained(compress(base, prune_ratio=0.3, bits=6), tmp_path / "r20")
+    meta = yaml.safe_load((folder / "README.md").read_text().split("---")[1])
+    assert meta["base_model"] == "someone/cifar-r20" and meta["license"] == "mit"
+
+
 def test_config_json_layout(resnet18_result, tmp_path):
-    config = json.loads((save_pretrained(resnet18_result, tmp_path / "r18") / "config.json").read_text())
+    folder = save_pretrained(resnet18_result, tmp_path / "r18", base_model="timm/resnet18.a1_in1k")
+    config = json.loads((folder / "config.json").read_text())
     assert config["architecture"] == "udfc_resnet18"
     assert config["num_classes"] == 1000 and config["num_features"] == 512 and config["global_pool"] == "avg"
     assert "num_classes" not in config["model_args"]
@@ -108,7 +133,9 @@ def test_config_json_layout(resnet18_result, tmp_path):
 
 
 def test_card_metadata_and_body(resnet18_result, tmp_path):
-    folder = save_pretrained(resnet18_result, tmp_path / "r18", repo_id="me/r18-udfc")
+    folder = save_pretrained(
+        resnet18_result, tmp_path / "r18", repo_id="me/r18-udfc", base_model="timm/resnet18.a1_in1k"
+    )
     text = (folder / "README.md").read_text()
     meta = yaml.safe_load(text.split("---")[1])
     assert meta["library_name"] == "timm" and meta["pipeline_tag"] == "image-classification"

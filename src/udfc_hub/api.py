@@ -78,7 +78,7 @@ def _pretrained(source: str) -> nn.Module:
             from transformers import AutoModelForImageClassification
 
             return AutoModelForImageClassification.from_pretrained(twin).eval()
-        return timm.create_model(source, pretrained=True).eval()
+        model = timm.create_model(source, pretrained=True).eval()
     except UdfcError:
         raise
     except Exception as e:  # network, missing weights, or a corrupt cache: say so in one line
@@ -86,6 +86,11 @@ def _pretrained(source: str) -> nn.Module:
             f"could not load pretrained weights for {source} ({type(e).__name__}: {str(e)[:300]}). Without network, "
             "give a local file (--checkpoint / checkpoint=) or a local-dir: folder."
         ) from e
+    # these weights came from a named pretrained source: the card may name it as the base model
+    hub_id = source.removeprefix("hf-hub:") if source.startswith("hf-hub:") else None
+    if not source.startswith("local-dir:"):
+        model.udfc_base_model = hub_id or (model.pretrained_cfg or {}).get("hf_hub_id")
+    return model
 
 
 def load_model(

@@ -16,15 +16,30 @@ from typing import Any
 
 from .units import format_bytes, format_count
 
-EXAMPLES = """examples:
-  udfc-hub demo                                     offline: EfficientNet-Lite0 (ImageNet), compressed and reloaded
+EXAMPLES = {
+    "compress": """examples:
   udfc-hub compress resnet34 --prune 0.3 --bits 6 --out resnet34-udfc
   udfc-hub compress cifar_resnet56 --checkpoint resnet56-4bfd9763.th --bits 4 --out r56-w4 --eval cifar10.npz
-  udfc-hub compress resnet50.a1_in1k --out r50 --push me/resnet50-udfc-p30-w6
+  udfc-hub compress resnet50.a1_in1k --method udfc --out r50 --push me/resnet50-udfc-p30-w6
+""",
+    "eval": """examples:
   udfc-hub eval resnet34-udfc --data imagenet_sample/ --reference resnet34
-  udfc-hub inspect resnet50 --prune 0.3 --bits 6
+  udfc-hub eval r56-w4 --data cifar10.npz --reference cifar_resnet56 --reference-checkpoint resnet56-4bfd9763.th
+""",
+    "inspect": """examples:
+  udfc-hub inspect resnet50 --prune 0.3 --bits 6     what compressing would do (random weights, structure only)
+  udfc-hub inspect resnet34-udfc                      describe a saved folder
+""",
+    "push": """examples:
   udfc-hub push resnet34-udfc me/resnet34-udfc-p30-w6
-"""
+  udfc-hub push resnet34-udfc me/resnet34-udfc-p30-w6 --create-pr --message "6-bit version"
+""",
+    "demo": """examples:
+  udfc-hub demo                                      offline: EfficientNet-Lite0, compressed and reloaded
+  udfc-hub demo --bits 4 --data imagenet_sample/      with top-1 and agreement on images
+""",
+}
+EXAMPLES["main"] = "examples:\n" + "".join(line + "\n" for text in EXAMPLES.values() for line in text.splitlines()[1:2])
 
 
 class UsageError(Exception):
@@ -45,6 +60,16 @@ def _ratio(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a ratio in [0, 1), e.g. 0.3") from None
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"{value} is outside [0, 1); give a ratio such as 0.3")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give a positive count, e.g. 500") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not positive; give a count of 1 or more")
     return value
 
 
@@ -113,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="udfc-hub",
         description="Data-free pruning and low-bit quantization (UDFC) of timm / Hugging Face vision models.",
-        epilog=EXAMPLES,
+        epilog=EXAMPLES["main"],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"udfc-hub {__version__}")
@@ -125,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
             help=help_,
             description=help_,
             parents=[common],
-            epilog=EXAMPLES,
+            epilog=EXAMPLES[name],
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
@@ -138,14 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--push", metavar="REPO_ID", help="publish the folder to this Hub repo")
     p.add_argument("--private", action="store_true", help="create the Hub repo as private")
     p.add_argument("--eval", metavar="DATA", help="measure top-1 before/after on DATA (.npz, labels.tsv, ImageFolder)")
+    p.add_argument("--limit", type=_positive, metavar="N", help="with --eval: N evenly spaced images only")
 
     p = add("eval", "top-1 / top-5 of a model or saved folder on images")
     p.add_argument("model", metavar="MODEL|DIR", help="timm name, hf-hub:/local-dir: source, or a saved folder")
     p.add_argument("--data", required=True, metavar="PATH", help=".npz, folder with labels.tsv, or ImageFolder")
     p.add_argument("--reference", metavar="MODEL", help="also report top-1 agreement with this model")
     p.add_argument("--checkpoint", metavar="PATH", help="weights file for MODEL when it is a timm name")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--limit", type=int, help="evaluate N evenly spaced images only")
+    p.add_argument("--reference-checkpoint", metavar="PATH", help="weights file for --reference when it is a timm name")
+    p.add_argument("--batch-size", type=_positive, default=64, metavar="N", help="images per batch (default 64)")
+    p.add_argument("--limit", type=_positive, metavar="N", help="evaluate N evenly spaced images only")
 
     p = add("inspect", "show channel groups and the size before/after, without saving anything")
     p.add_argument("model", metavar="MODEL", help="timm name (random init unless --checkpoint) or a saved folder")
@@ -153,18 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", metavar="PATH", help="weights file (the ranking of channels depends on it)")
 
     p = add("push", "publish a saved folder to the Hugging Face Hub")
-    p.add_argument("folder", metavar="DIR")
-    p.add_argument("repo_id", metavar="REPO_ID")
-    p.add_argument("--private", action="store_true")
-    p.add_argument("--create-pr", action="store_true")
-    p.add_argument("--revision")
+    p.add_argument("folder", metavar="DIR", help="a folder written by `udfc-hub compress --out`")
+    p.add_argument("repo_id", metavar="REPO_ID", help="the Hub repo, e.g. me/resnet34-udfc-p30-w6 (created if new)")
+    p.add_argument("--private", action="store_true", help="create the repo as private")
+    p.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to main")
+    p.add_argument("--revision", help="branch to commit to (default: main)")
     p.add_argument("--message", help="commit message")
 
     p = add("demo", "offline demo: EfficientNet-Lite0 (ImageNet weights), compressed, saved, reloaded")
     p.add_argument("--out", default="udfc-demo-efficientnet-lite0", metavar="DIR", help="folder to write")
     p.add_argument("--data", metavar="PATH", help="images for top-1 and agreement (e.g. an ImageNet sample)")
     add_config_args(p, ("prune_ratio", "bits", "granularity"))
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     return parser
 
 
@@ -173,24 +200,31 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from .errors import InvalidArgumentError, UdfcError
 
-    if args.quiet:
-        from huggingface_hub.utils import disable_progress_bars
-
-        disable_progress_bars()
     try:
+        _start(args)
         summary = COMMANDS[args.command](args)
     except (UsageError, InvalidArgumentError) as e:
         return _fail(args, e, 2, parser.prog)
     except UdfcError as e:
         return _fail(args, e, 1, parser.prog)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        return _fail(args, KeyboardInterrupt("interrupted"), 130, parser.prog)
     except Exception as e:  # noqa: BLE001  (anything unexpected: one line, the traceback only with --debug)
         return _fail(args, e, 1, parser.prog, unexpected=True)
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     return 0
+
+
+def _start(args) -> None:
+    """What every command needs once its arguments are valid: the registered models, quiet progress bars."""
+    import udfc_hub
+
+    udfc_hub.register()
+    if args.quiet:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
 
 
 def _fail(args, error: BaseException, code: int, prog: str, unexpected: bool = False) -> int:
@@ -272,7 +306,9 @@ def cmd_compress(args) -> dict[str, Any]:
     result = compress(base, cfg, progress=not args.quiet)
     accuracy = before = after = None
     if args.eval:
-        before, after, accuracy = compare_accuracy(base, result.model, args.eval, progress=not args.quiet)
+        before, after, accuracy = compare_accuracy(
+            base, result.model, args.eval, progress=not args.quiet, limit=args.limit
+        )
     folder = save_pretrained(result, out, overwrite=args.overwrite, accuracy=accuracy, repo_id=args.push)
     url = push(folder, args.push, private=args.private) if args.push else None
     rep = result.report
@@ -303,9 +339,16 @@ def cmd_eval(args) -> dict[str, Any]:
     from . import evaluate
 
     model = _load(args.model, args.checkpoint)
-    reference = _load(args.reference, None) if args.reference else None
+    if args.reference_checkpoint and not args.reference:
+        raise UsageError("--reference-checkpoint needs --reference MODEL (the architecture to load it into)")
+    reference = _load(args.reference, args.reference_checkpoint) if args.reference else None
     res = evaluate(
-        model, args.data, batch_size=args.batch_size, reference=reference, limit=args.limit, progress=not args.quiet
+        model,
+        args.data,
+        batch_size=args.batch_size,
+        reference=reference,
+        limit=args.limit,
+        progress=False if args.quiet else "model",
     )
     rows = [
         ("dataset", "images", "top-1", "top-5", "agreement"),
@@ -320,6 +363,9 @@ def cmd_inspect(args) -> dict[str, Any]:
     from .config import CompressionConfig
     from .hub.artifact import artifact_size
 
+    folder = _artifact_folder(args.model)
+    if folder is not None:
+        return _inspect_artifact(args, folder)
     model = _load(args.model, args.checkpoint, pretrained=False)
     spec = describe_model(model)
     # structure only: plain pruning and round-to-nearest give the same shapes and sizes as any method
@@ -367,6 +413,64 @@ def cmd_inspect(args) -> dict[str, Any]:
         "macs_after": rep.after.macs,
         "file_bytes_before": _float_bytes(model),
         "file_bytes_after": packed,
+    }
+
+
+def _artifact_folder(source: str) -> Path | None:
+    """The local folder of a saved artifact named by ``source`` (a folder or ``local-dir:``), else None."""
+    path = Path(source.removeprefix("local-dir:"))
+    return path if (path / "config.json").is_file() else None
+
+
+def _inspect_artifact(args, folder: Path) -> dict[str, Any]:
+    """Describe a saved artifact from its manifest, without compressing anything."""
+    from .api import load_model
+    from .hub.artifact import WEIGHTS_NAME, check_artifact
+    from .hub.manifest import Manifest
+    from .profile import profile_model
+
+    config = check_artifact(folder)
+    manifest = Manifest.from_config(config)
+    prov, settings = manifest.provenance, manifest.provenance.settings
+    after = profile_model(load_model(f"local-dir:{folder}"))
+    size = (folder / WEIGHTS_NAME).stat().st_size
+    _say(
+        args,
+        f"{folder}: udfc-hub artifact of {manifest.base_architecture} (base model: {prov.base_model or 'not stated'})",
+    )
+    _say(
+        args,
+        f"method {settings['method']}, prune ratio {settings['prune_ratio']}, bits {manifest.bits or 'float'} "
+        f"({settings['granularity']} scales); {len(manifest.channels)} pruned layers, "
+        f"{len(manifest.quantized_layers)} quantized layers",
+    )
+    if manifest.channels:
+        _say(args, _table([("pruned layer", "kept channels"), *((k, str(v)) for k, v in manifest.channels.items())]))
+    rows = [
+        ("", "base", "this artifact"),
+        ("parameters", _m(prov.base_params), _m(after.params)),
+        ("MACs", _g(prov.base_macs), _g(after.macs)),
+        ("file size", _mb(prov.base_params * 4) + " (float32)", _mb(size)),
+    ]
+    acc = prov.accuracy or {}
+    if "top1" in acc:
+        rows.append(("top-1", _pct(acc.get("base_top1")), _pct(acc["top1"])))
+    _say(args, _table(rows))
+    return {
+        "ok": True,
+        "artifact": str(folder),
+        "base_architecture": manifest.base_architecture,
+        "base_model": prov.base_model,
+        "settings": settings,
+        "channels": manifest.channels,
+        "quantized_layers": len(manifest.quantized_layers),
+        "bits": manifest.bits,
+        "params_before": prov.base_params,
+        "params_after": after.params,
+        "macs_before": prov.base_macs,
+        "macs_after": after.macs,
+        "file_bytes": size,
+        "accuracy": prov.accuracy,
     }
 
 
@@ -447,7 +551,12 @@ COMMANDS = {"compress": cmd_compress, "eval": cmd_eval, "inspect": cmd_inspect, 
 
 
 def _entry() -> None:
-    sys.exit(main())
+    try:
+        code = main()
+    except KeyboardInterrupt:  # during argument parsing or an import: no traceback
+        print("udfc-hub: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -147,10 +147,13 @@ def predict(
     *,
     data_config: dict[str, Any] | None = None,
     limit: int | None = None,
-    progress: bool = False,
+    progress: bool | str = False,
     k: int = 5,
 ) -> torch.Tensor:
-    """The top-``k`` class indices (n, k) of ``model`` on ``data``, preprocessed with its timm data config."""
+    """The top-``k`` class indices (n, k) of ``model`` on ``data``, preprocessed with its timm data config.
+
+    ``progress``: show a progress bar; a string names what is evaluated in the bar.
+    """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}.")
     ds = _resolve(data, limit)
@@ -164,7 +167,8 @@ def predict(
     if progress:
         from tqdm.auto import tqdm
 
-        batches = tqdm(batches, desc="evaluating", unit="batch")
+        label = progress if isinstance(progress, str) else "evaluating"
+        batches = tqdm(batches, desc=label, unit="batch")
     out = []
     for start in batches:
         stop = min(start + batch_size, len(ds))
@@ -186,7 +190,7 @@ def evaluate(
     *,
     data_config: dict[str, Any] | None = None,
     limit: int | None = None,
-    progress: bool = False,
+    progress: bool | str = False,
 ) -> dict[str, Any]:
     """Top-1 and top-5 accuracy (%) of ``model`` on ``data``; with ``reference``, top-1 agreement (%) too.
 
@@ -241,17 +245,23 @@ def _scores(ds: EvalData, pred: torch.Tensor, ref: torch.Tensor | None) -> dict[
 
 
 def compare_accuracy(
-    base: nn.Module, compressed: nn.Module, data: str | os.PathLike | EvalData, *, progress: bool = False
+    base: nn.Module,
+    compressed: nn.Module,
+    data: str | os.PathLike | EvalData,
+    *,
+    progress: bool = False,
+    limit: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Evaluate ``base`` and ``compressed`` on the same images (the base model runs once).
 
-    Returns (before, after, card) where ``card`` is the ``accuracy`` argument of ``save_pretrained``.
+    ``limit=N`` takes N evenly spaced images. Returns (before, after, card) where ``card`` is the ``accuracy``
+    argument of ``save_pretrained``.
     """
-    ds = _resolve(data, None)
+    ds = _resolve(data, limit)
     _check_labels(ds, base)
-    base_pred = predict(base, ds, progress=progress)
+    base_pred = predict(base, ds, progress="base model" if progress else False)
     before = _scores(ds, base_pred, None)
-    after = evaluate(compressed, ds, reference=base_pred, progress=progress)
+    after = evaluate(compressed, ds, reference=base_pred, progress="compressed model" if progress else False)
     card = {
         "dataset": before["dataset"],
         "n": after["n"],

@@ -46,12 +46,15 @@ def pack_model(result: CompressionResult, base_model: str | None = None) -> nn.M
     """
     model = copy.deepcopy(result.model)
     transformers_native = is_transformers_model(model)
+    # a base model is named only when its weights were used: loaded by name (load_model) or stated by the caller
     if transformers_native:
         base = type(model).__name__.removeprefix("Udfc")
-        cfg = {"hf_hub_id": getattr(model.config, "_name_or_path", None) or None}
+        source = getattr(model.config, "_name_or_path", None) or None  # set by from_pretrained, "" from a config
     else:
         base = _base_architecture(model)
-        cfg = getattr(model, "pretrained_cfg", None) or {}
+        source = getattr(model, "udfc_base_model", None)
+    base_model = base_model or source
+    license_ = (getattr(model, "pretrained_cfg", None) or {}).get("license") if base_model else None
     for name, qt in result.quantized.items():
         convert_to_packed(model.get_submodule(name), qt.bits, tuple(qt.scale.shape)).set_codes(qt)
     model.udfc_manifest = Manifest(
@@ -61,8 +64,8 @@ def pack_model(result: CompressionResult, base_model: str | None = None) -> nn.M
         quantized_layers={name: tuple(qt.scale.shape) for name, qt in result.quantized.items()},
         provenance=Provenance(
             settings=result.report.settings,
-            base_model=base_model or cfg.get("hf_hub_id") or None,
-            base_license=cfg.get("license"),
+            base_model=base_model,
+            base_license=license_,
             base_params=result.report.before.params,
             base_macs=result.report.before.macs,
         ),
@@ -110,7 +113,9 @@ def save_pretrained(
         result: what ``udfc_hub.compress`` returned, or a model loaded from such a folder (re-saving it writes the
             same files).
         path: the folder to create. An existing non-empty folder is refused unless ``overwrite=True``.
-        base_model: Hub id of the base model for the card; default: the base's timm ``hf_hub_id``.
+        base_model: Hub id of the base model whose weights were compressed, for the card. Default: the source
+            ``udfc_hub.load_model`` loaded pretrained weights from; none for a model created otherwise (random
+            weights are not a pretrained base).
         accuracy: measured top-1 (and top-5) to put in the card, e.g.
             ``{"dataset": "ImageNet-1k val", "top1": 71.2, "base_top1": 73.3}``; nothing is claimed without it.
         repo_id: the Hub repo the folder is meant for (used in the card's usage snippet).
@@ -139,7 +144,7 @@ def save_pretrained(
         else:
             config = _config(model, manifest)
             state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-            library, architecture, license_ = "timm", config["architecture"], config["pretrained_cfg"].get("license")
+            library, architecture, license_ = "timm", config["architecture"], manifest.provenance.base_license
         (tmp / WEIGHTS_NAME).write_bytes(_serialize(state, _METADATA))
         # timm's layout keeps its key order; transformers writes its config sorted, and so do we
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=twin) + "\n")
@@ -255,8 +260,10 @@ def _config(model: nn.Module, manifest: Manifest) -> dict[str, Any]:
     src = dict(getattr(model, "pretrained_cfg", None) or {})
     prov = manifest.provenance
     pretrained_cfg = _clean_pretrained_cfg(src)
-    if prov.base_license:
+    if prov.base_license:  # the weights' license: only a pretrained base passes one on
         pretrained_cfg["license"] = prov.base_license
+    else:
+        pretrained_cfg.pop("license", None)
     config: dict[str, Any] = {
         "architecture": arch,
         "num_classes": int(model.num_classes),
