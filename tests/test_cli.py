@@ -165,3 +165,58 @@ def test_missing_data_path(saved, tmp_path):
 def test_debug_shows_the_traceback(tmp_path):
     proc = run("compress", "resnet9999", "--out", tmp_path / "o", "--debug")
     assert proc.returncode == 2 and "Traceback" in proc.stderr
+
+
+LAUNCH = (
+    "import sys, udfc_hub_cli\n"
+    "sys.argv = ['udfc-hub', *sys.argv[1:]]\n"
+    "try:\n    udfc_hub_cli.main()\n"
+    "except SystemExit as e:\n    code = e.code\n"
+    "print('torch imported:', 'torch' in sys.modules, 'exit', code, file=sys.stderr)\n"
+)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["compress", "--help"], ["compress", "x", "--bits", "9", "--out", "o"]])
+def test_help_and_usage_errors_do_not_import_torch(args):
+    # the console script's launcher: the command answers before torch, timm or transformers are imported
+    proc = subprocess.run([sys.executable, "-c", LAUNCH, *args], capture_output=True, text=True, timeout=120)
+    assert "torch imported: False" in proc.stderr, proc.stderr
+    assert ("exit 0" if "--help" in args else "exit 2") in proc.stderr
+
+
+def test_inspect_a_saved_folder_describes_it(saved):
+    out, summary = saved
+    proc = run("inspect", out, "--json", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    config = json.loads((out / "config.json").read_text())
+    # what the folder records, not a fresh compression with default settings
+    assert info["settings"] == config["udfc"]["compression"] and info["bits"] == 4
+    assert info["channels"] == config["model_args"]["channels"] and info["params_after"] == summary["params_after"]
+    assert info["accuracy"]["top1"] == summary["eval_after"]["top1"]
+
+
+def test_compress_eval_limit(ckpt, tmp_path):
+    proc = run(
+        "compress", "cifar_resnet20", "--checkpoint", ckpt, "--bits", "6", "--out", tmp_path / "o",
+        "--eval", require(CIFAR_LOSSLESS), "--limit", "7", "--json", "--quiet",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["eval_before"]["n"] == summary["eval_after"]["n"] == 7
+
+
+def test_eval_reference_checkpoint(saved, ckpt):
+    out, summary = saved
+    proc = run(
+        "eval", out, "--data", require(CIFAR_LOSSLESS), "--reference", "cifar_resnet20",
+        "--reference-checkpoint", ckpt, "--json", "--quiet",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["agreement"] == summary["eval_after"]["agreement"]
+
+
+def test_offline_load_names_the_ways_out(tmp_path):
+    proc = run("compress", "resnet18", "--out", tmp_path / "o", env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "HF_HUB_OFFLINE=1" in proc.stderr and "--checkpoint" in proc.stderr and "local-dir:" in proc.stderr

@@ -82,15 +82,27 @@ def _pretrained(source: str) -> nn.Module:
     except UdfcError:
         raise
     except Exception as e:  # network, missing weights, or a corrupt cache: say so in one line
-        raise UdfcError(
-            f"could not load pretrained weights for {source} ({type(e).__name__}: {str(e)[:300]}). Without network, "
-            "give a local file (--checkpoint / checkpoint=) or a local-dir: folder."
-        ) from e
+        raise UdfcError(_load_failure(source, e)) from e
     # these weights came from a named pretrained source: the card may name it as the base model
     hub_id = source.removeprefix("hf-hub:") if source.startswith("hf-hub:") else None
     if not source.startswith("local-dir:"):
         model.udfc_base_model = hub_id or (model.pretrained_cfg or {}).get("hf_hub_id")
     return model
+
+
+def _load_failure(source: str, e: Exception) -> str:
+    """One message for a failed pretrained load, with the ways to work without the network."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if isinstance(e, LocalEntryNotFoundError) or "offline" in str(e).lower():
+        why = "the Hub cannot be reached (or HF_HUB_OFFLINE=1 is set) and the weights are not in the local cache"
+    else:
+        why = f"{type(e).__name__}: {str(e)[:300]}"
+    return (
+        f"could not load pretrained weights for {source} ({why}). To work offline: load a local weights file "
+        "(CLI --checkpoint PATH, Python checkpoint=PATH), a saved folder (local-dir:PATH), or set HF_HUB_OFFLINE=1 "
+        "to use the weights in the Hugging Face cache without waiting for the network (README: Working offline)."
+    )
 
 
 def load_model(

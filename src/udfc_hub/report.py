@@ -9,10 +9,23 @@ import torch.nn as nn
 
 from .adapters import ModelSpec
 from .config import CompressionConfig
-from .ops import QuantizedTensor
 from .profile import ModelStats
 
-__all__ = ["LayerReport", "CompressionReport", "CompressionResult"]
+__all__ = ["LayerReport", "CompressionReport", "CompressionResult", "QuantizedLayers"]
+
+
+class QuantizedLayers(dict):
+    """``{layer name: QuantizedTensor}``, printed as a summary rather than hundreds of lines."""
+
+    def __repr__(self) -> str:
+        if not self:
+            return "QuantizedLayers(none)"
+        bits = sorted({qt.bits for qt in self.values()})
+        first = next(iter(self))
+        return (
+            f"QuantizedLayers({len(self)} layers at {'/'.join(map(str, bits))} bits, e.g. {first!r}: "
+            f"{self[first]!r}; index by layer name)"
+        )
 
 
 @dataclass
@@ -98,8 +111,11 @@ class CompressionResult:
 
     model: nn.Module
     report: CompressionReport
-    quantized: dict[str, QuantizedTensor]
+    quantized: QuantizedLayers
     spec: ModelSpec
+
+    def __post_init__(self) -> None:
+        self.quantized = QuantizedLayers(self.quantized)
 
     def __repr__(self) -> str:
         bits = sorted({qt.bits for qt in self.quantized.values()})

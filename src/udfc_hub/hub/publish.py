@@ -26,7 +26,8 @@ def resolve_token(token: str | None) -> str:
     found = token or get_token()
     if not found:
         raise PublishError(
-            "No Hugging Face token: pass token=..., set the HF_TOKEN environment variable, or run `hf auth login`.",
+            "No Hugging Face token: set the HF_TOKEN environment variable or run `hf auth login` "
+            "(in Python you may also pass token=...).",
             local_path=None,
         )
     return found

@@ -42,6 +42,10 @@ class QuantizedTensor:
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return dequantize(self.codes, self.scale, self.bits, dtype=dtype)
 
+    def __repr__(self) -> str:
+        kind = "per-tensor" if self.scale.numel() == 1 else "per-channel"
+        return f"QuantizedTensor({self.bits}-bit codes {tuple(self.codes.shape)}, {kind} scale)"
+
 
 def _levels(bits: int) -> int:
     return (1 << bits) - 1
