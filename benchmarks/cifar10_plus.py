@@ -105,7 +105,11 @@ def main(argv=None) -> None:
     ap.add_argument("--limit", type=int, help="evaluate N evenly spaced images only (smoke runs)")
     ap.add_argument("--model", default="cifar_resnet56", choices=list(CHECKPOINTS))
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    ap.add_argument("--from-json", type=Path, help="rewrite the table and plot from an earlier run's JSON (no runs)")
     args = ap.parse_args(argv)
+    if args.from_json:
+        write(json.loads(args.from_json.read_text()), args, argv)
+        return
 
     data_path = FIXTURES / "cifar10" / "cifar10_test_jpeg_q75.npz"
     if not data_path.exists():
@@ -137,12 +141,46 @@ def main(argv=None) -> None:
             )
         )
         print(f"  {section:8} {label:22} ratio={ratio} bits={bits}: top-1 {res['top1']:.2f} ({secs:.2f} s)", flush=True)
+    write(rows, args, argv)
+
+
+def write(rows, args, argv) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cifar10_plus.json").write_text(json.dumps(rows, indent=1) + "\n")
-    md = markdown(rows, args.model, " ".join(sys.argv[1:] if argv is None else argv))
+    # a table rewritten from JSON records the default command (the runs' own arguments are not in the JSON)
+    cli = "" if args.from_json else " ".join(sys.argv[1:] if argv is None else argv)
+    md = markdown(rows, args.model, cli)
     (args.out / "cifar10_plus.md").write_text(md)
+    plot(rows, args.model, args.out)
     print(md.split("## Targets", 1)[1] if "## Targets" in md else "")
-    print(f"wrote {args.out}/cifar10_plus.json and .md")
+    print(f"wrote {args.out}/cifar10_plus.json, .md and cifar10_plus_ratio.png")
+
+
+def plot(rows, model: str, out: Path) -> None:
+    """Top-1 against the pruning ratio: the baselines, the paper's method and udfc+ (30 % + 4-bit as a point)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install -e '.[bench]')")
+        return
+    fp = rows[0]["top1"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [r * 100 for r in RATIOS]
+    for label, style in (("prune", "o-"), ("nm", "s-"), ("udfc", "^-"), ("udfc+", "D-")):
+        ax.plot(xs, [_get(rows, "prune", label, r, None) for r in RATIOS], style, label=f"{label}, full precision")
+    both = _get(rows, "combined", "udfc+", 0.3, 4)
+    if both is not None:
+        ax.plot([30], [both], "r*", markersize=12, label="udfc+ 30 % + 4-bit")
+    ax.axhline(fp, color="grey", lw=0.8, label=f"FP {fp:.2f}")
+    ax.set(title=f"{model}: top-1 after data-free pruning (l2)", xlabel="pruning ratio (%)", ylabel="top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "cifar10_plus_ratio.png", dpi=110)
+    plt.close(fig)
 
 
 def _get(rows, section, label, ratio, bits):
@@ -188,7 +226,7 @@ def markdown(rows, model: str, cli_args: str) -> str:
     for label, kw, what in COMBINED:
         v = _get(rows, "combined", label, 0.3, 4)
         out.append(f"| {label} | `{_kw(kw)}` | {_f(v)} | {_f(fp - v if v else None)} | {what} |")
-    out += ["", "## Targets (issue 8)", ""]
+    out += ["", "## Targets", ""]
     prune_labels = [label for label, _, _ in PRUNE_VARIANTS if label not in ("prune", "nm")]
     for r in RATIOS:
         nm = _get(rows, "prune", "nm", r, None)
