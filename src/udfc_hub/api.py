@@ -19,6 +19,7 @@ from .config import CompressionConfig
 from .errors import InvalidArgumentError, UdfcError
 from .hub.artifact import check_output_folder, save_pretrained
 from .hub.publish import check_repo_id, push, resolve_token
+from .hub.validate import validate_folder
 
 __all__ = ["load_model", "compress_and_push"]
 
@@ -72,6 +73,8 @@ def _from_checkpoint(source: str, checkpoint: str | os.PathLike) -> nn.Module:
 def _pretrained(source: str) -> nn.Module:
     import timm
 
+    if source.startswith("local-dir:"):  # a folder: the one validation first, whatever loads it next
+        validate_folder(source.removeprefix("local-dir:"))
     try:
         twin = _transformers_twin(source) if source.startswith(_HUB_PREFIXES) else None
         if twin is not None:  # a transformers-native udfc artifact (model_type udfc_resnet, ...)

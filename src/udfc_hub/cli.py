@@ -42,6 +42,9 @@ EXAMPLES = {
 EXAMPLES["main"] = "examples:\n" + "".join(line + "\n" for text in EXAMPLES.values() for line in text.splitlines()[1:2])
 
 
+_ARGV: list[str] | None = None  # the arguments main() was given (tests pass them directly)
+
+
 class UsageError(Exception):
     """Bad usage that argparse cannot see (exit code 2)."""
 
@@ -50,6 +53,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse with two-line errors (the problem, then where to look) instead of the whole usage block."""
 
     def error(self, message: str):
+        if "--json" in sys.argv[1:] or "--json" in (_ARGV or []):
+            print(json.dumps({"ok": False, "error": message, "exit_code": 2}))
         self.exit(2, f"{self.prog}: error: {message}\nsee: {self.prog} --help\n")
 
 
@@ -196,15 +201,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _ARGV
+    _ARGV = argv
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .errors import InvalidArgumentError, UdfcError
+    from .errors import InvalidArgumentError, PublishError, UdfcError, UnsupportedModelError
 
     try:
         _start(args)
         summary = COMMANDS[args.command](args)
     except (UsageError, InvalidArgumentError) as e:
         return _fail(args, e, 2, parser.prog)
+    except UnsupportedModelError as e:  # usage: the model is not one udfc-hub can describe
+        short = str(e).splitlines()[0]
+        return _fail(args, UsageError(f"{short} (--debug lists the supported families; README: Your own model)"), 2,
+                     parser.prog, cause=e)  # fmt: skip
+    except PublishError as e:
+        repo = getattr(args, "push", None) or getattr(args, "repo_id", None)
+        if e.local_path is None or repo is None:
+            return _fail(args, e, 1, parser.prog)
+        retry = f"{e.reason}. The folder is kept at {e.local_path}; retry with: udfc-hub push {e.local_path} {repo}"
+        return _fail(args, UdfcError(retry), 1, parser.prog)
     except UdfcError as e:
         return _fail(args, e, 1, parser.prog)
     except KeyboardInterrupt:
@@ -227,9 +244,11 @@ def _start(args) -> None:
         disable_progress_bars()
 
 
-def _fail(args, error: BaseException, code: int, prog: str, unexpected: bool = False) -> int:
+def _fail(args, error: BaseException, code: int, prog: str, unexpected: bool = False, cause=None) -> int:
     if args.debug:
         traceback.print_exc()
+        if cause is not None:
+            print(cause, file=sys.stderr)
     kind = f"{type(error).__name__}: " if unexpected else ""
     print(f"{prog} {args.command}: error: {kind}{error}", file=sys.stderr)
     if unexpected and not args.debug:
@@ -272,6 +291,9 @@ def _load(source: str, checkpoint: str | None, pretrained: bool = True):
 
     if not source.startswith(("hf-hub:", "local-dir:")) and (Path(source) / "config.json").is_file():
         source = f"local-dir:{source}"  # a folder written by `udfc-hub compress`
+    elif not source.startswith(("hf-hub:", "local-dir:")) and ("/" in source or source.startswith(".")):
+        what = "has no config.json (not a folder written by udfc-hub)" if Path(source).exists() else "does not exist"
+        raise UsageError(f"{source} {what}; give a saved folder, a timm model name, or hf-hub:/local-dir: source")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise UsageError(f"checkpoint {checkpoint} does not exist")
     return load_model(source, checkpoint=checkpoint, pretrained=pretrained)
@@ -295,12 +317,13 @@ def cmd_compress(args) -> dict[str, Any]:
     from .config import CompressionConfig
     from .evaluation import compare_accuracy
     from .hub.artifact import check_output_folder
-    from .hub.publish import resolve_token
+    from .hub.publish import check_repo_id, resolve_token
 
     cfg = CompressionConfig.build(**config_options(args))
     out = check_output_folder(args.out, args.overwrite)
-    if args.push:
-        resolve_token(None)  # no token: fail before any work
+    if args.push:  # a bad repo id or no token: fail before any work
+        check_repo_id(args.push)
+        resolve_token(None)
     start = time.perf_counter()
     base = _load(args.model, args.checkpoint)
     result = compress(base, cfg, progress=not args.quiet)

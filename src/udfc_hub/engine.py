@@ -33,7 +33,7 @@ from .config import (
     REFERENCES,
     CompressionConfig,
 )
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, UdfcError
 from .ops import QuantizedTensor, allocate_greedy, fold_batchnorm, loss_curve, uniform_widths
 from .probe import has_batchnorm, probe_input_means
 from .profile import default_input_size, profile_model
@@ -93,11 +93,7 @@ def compress(
         >>> result.report.after.params < result.report.before.params
         True
     """
-    if not isinstance(model, nn.Module):
-        raise InvalidArgumentError(
-            f"model must be a torch.nn.Module, got {type(model).__name__}. Create one first, e.g. "
-            "timm.create_model('resnet34', pretrained=True)."
-        )
+    _check_model(model)
     cfg = CompressionConfig.build(config, **options).resolved()
     start = time.perf_counter()
     spec = describe_model(model)
@@ -115,6 +111,11 @@ def compress(
     for layer in layers:
         run.visit(layer)
     work.eval()
+    bad = _first_non_finite(work)
+    if bad is not None:
+        raise UdfcError(
+            f"compression produced NaN or infinite values in {bad}; please report this with the model and options."
+        )
     report = CompressionReport(
         family=spec.family,
         config=cfg,
@@ -125,6 +126,36 @@ def compress(
         notes=notes + run.finish(),
     )
     return CompressionResult(model=work, report=report, quantized=run.quantized, spec=spec)
+
+
+def _first_non_finite(model: nn.Module) -> str | None:
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
+def _check_model(model: Any) -> None:
+    """Refuse what cannot be compressed faithfully, naming the problem: not a module, no weights, a half-precision
+    model (the solves need float32: compress ``model.float()`` and cast the result back), NaN or Inf values."""
+    if not isinstance(model, nn.Module):
+        raise InvalidArgumentError(
+            f"model must be a torch.nn.Module, got {type(model).__name__}. Create one first, e.g. "
+            "timm.create_model('resnet34', pretrained=True)."
+        )
+    for name, t in model.state_dict().items():
+        if t.is_meta:
+            raise InvalidArgumentError(
+                f"model has no weights ({name} is on the meta device); load or initialise it before compressing."
+            )
+        if t.is_floating_point() and t.dtype != torch.float32:
+            raise InvalidArgumentError(
+                f"model is {t.dtype} ({name}); udfc-hub computes and stores float32 weights. Compress "
+                "model.float() instead (the packed k-bit weights are as small either way)."
+            )
+    bad = _first_non_finite(model)
+    if bad is not None:
+        raise InvalidArgumentError(f"model holds NaN or infinite values in {bad}; compression needs finite weights.")
 
 
 def _probe_means(model, spec: ModelSpec, cfg: CompressionConfig, input_size, notes: list[str]) -> dict:

@@ -25,6 +25,7 @@ class PublishError(UdfcError):
     """Publishing to the Hub failed. ``local_path`` is the saved folder, which is kept for a retry."""
 
     def __init__(self, message: str, local_path=None):
+        self.reason = message  # without the retry hint, for callers (the CLI) that give their own
         self.local_path = local_path
         if local_path is not None:
             message = (

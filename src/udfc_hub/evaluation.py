@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, UdfcError
 
 __all__ = ["compare_accuracy", "evaluate", "predict", "load_eval_data"]
 
@@ -178,6 +178,8 @@ def predict(
         else:
             x = torch.stack([transform(ds.image(i)) for i in range(start, stop)])
         logits = _logits(model(x))
+        if not bool(torch.isfinite(logits).all()):
+            raise UdfcError(f"the model gives NaN or infinite logits on images {start}..{stop - 1} of {ds.name}.")
         out.append(logits.topk(min(k, logits.shape[1]), dim=1).indices)
     return torch.cat(out) if out else torch.zeros(0, k, dtype=torch.long)
 

@@ -20,7 +20,14 @@ def default_input_size(model: nn.Module) -> tuple[int, int, int]:
     """The model's timm ``pretrained_cfg['input_size']``, a transformers config's ``image_size``, else 3x224x224."""
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     if "input_size" in cfg:
-        return tuple(cfg["input_size"])
+        channels, height, width = cfg["input_size"]
+        first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+        if isinstance(first, nn.Conv2d):  # in_chans=1 and the like: the config still says 3
+            channels = first.in_channels * first.groups
+        fixed = getattr(getattr(model, "patch_embed", None), "img_size", None)
+        if fixed is not None and getattr(model.patch_embed, "strict_img_size", True):  # ViT built for img_size
+            height, width = fixed
+        return (channels, height, width)
     hf = getattr(model, "config", None)
     size = getattr(hf, "image_size", None)
     if isinstance(size, int):

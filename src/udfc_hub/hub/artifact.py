@@ -7,6 +7,9 @@ atomic (a temporary folder beside the target, then a rename) and deterministic (
 from __future__ import annotations
 
 import copy
+import ctypes
+import errno
+import glob
 import json
 import os
 import shutil
@@ -27,8 +30,10 @@ from .card import render_card
 from .format import FORMAT, FORMAT_VERSION
 from .manifest import Manifest, Provenance, read_config_file
 from .quantized import convert_to_packed
-from .timm_models import PREFIX, register_compressed
+from .repo_id import check_repo_id
+from .timm_models import PREFIX, constructor_args, register_compressed
 from .transformers_models import is_transformers_model, udfc_twin
+from .validate import check_finite, validate_folder
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "save_pretrained", "pack_model", "read_config", "check_artifact"]
 
@@ -59,6 +64,7 @@ def pack_model(result: CompressionResult, base_model: str | None = None) -> nn.M
         convert_to_packed(model.get_submodule(name), qt.bits, tuple(qt.scale.shape)).set_codes(qt)
     model.udfc_manifest = Manifest(
         base_architecture=base,
+        base_args={} if transformers_native else constructor_args(model, base),
         channels={r.name: r.kept_channels for r in result.report.layers if r.kept_channels < r.out_channels},
         bits=result.report.config.bits,
         quantized_layers={name: tuple(qt.scale.shape) for name, qt in result.quantized.items()},
@@ -89,6 +95,9 @@ def _to_twin(model: nn.Module) -> None:
 def check_output_folder(path: str | os.PathLike, overwrite: bool) -> Path:
     """Refuse a target that is a file, or a non-empty folder unless ``overwrite``; the one place that checks."""
     target = Path(path)
+    ancestor = next((p for p in (target, *target.parents) if p.exists()), None)
+    if ancestor is not None and not os.access(ancestor, os.W_OK):
+        raise InvalidArgumentError(f"{target} cannot be written: {ancestor} is not writable; choose another folder.")
     if target.exists() and not target.is_dir():
         raise InvalidArgumentError(f"{target} exists and is not a folder; choose a folder path.")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
@@ -106,6 +115,7 @@ def save_pretrained(
     base_model: str | None = None,
     accuracy: dict[str, Any] | None = None,
     repo_id: str | None = None,
+    verify: bool = True,
 ) -> Path:
     """Write ``model.safetensors``, ``config.json`` and a model card ``README.md`` into the folder ``path``.
 
@@ -119,6 +129,8 @@ def save_pretrained(
         accuracy: measured top-1 (and top-5) to put in the card, e.g.
             ``{"dataset": "ImageNet-1k val", "top1": 71.2, "base_top1": 73.3}``; nothing is claimed without it.
         repo_id: the Hub repo the folder is meant for (used in the card's usage snippet).
+        verify: before the folder is put in place, load it as timm / transformers would and require the same
+            logits on a small input; a folder that would not reload exactly is never written.
 
     Example:
         >>> import tempfile, timm, udfc_hub
@@ -128,13 +140,17 @@ def save_pretrained(
         ['README.md', 'config.json', 'model.safetensors']
     """
     target = check_output_folder(path, overwrite)
+    if repo_id is not None:
+        check_repo_id(repo_id)
+    if base_model is not None:
+        check_repo_id(base_model, what="base_model", namespace=False)
     model, after = _packed(result, base_model)
     if accuracy is not None:
         model.udfc_manifest = model.udfc_manifest.with_provenance(accuracy=_check_accuracy(accuracy))
     manifest = model.udfc_manifest
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = _new_temp_folder(target)
     try:
         twin = getattr(getattr(model, "config", None), "udfc", None) is not None  # a transformers twin
         if twin:
@@ -159,7 +175,9 @@ def save_pretrained(
             repo_id=repo_id,
         )
         (tmp / CARD_NAME).write_text(card)
-        _replace_folder(tmp, target)
+        if verify:
+            _verify_reload(model, tmp, twin)
+        _put_in_place(tmp, target, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -228,16 +246,29 @@ def _serialize(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> byte
 
 
 def _check_accuracy(accuracy: dict[str, Any]) -> dict[str, Any]:
-    """Measured accuracies for the card: top1 (required), optional top5, base_top1, base_top5, dataset, n."""
-    if not isinstance(accuracy, dict) or not isinstance(accuracy.get("top1"), (int, float)):
-        raise InvalidArgumentError(
-            f"accuracy must be a dict with a measured 'top1' (and optionally 'top5', 'base_top1', 'base_top5', "
-            f"'dataset', 'n'), got {accuracy!r}."
-        )
+    """Measured accuracies for the card: top1 (required), optional top5, base_top1, base_top5 (finite percentages),
+    dataset (a name), n (a count)."""
     allowed = ("top1", "top5", "base_top1", "base_top5", "dataset", "n")
-    unknown = sorted(set(accuracy) - set(allowed))
+    if not isinstance(accuracy, dict) or "top1" not in accuracy:
+        raise InvalidArgumentError(
+            f"accuracy must be a dict with a measured 'top1' (and optionally {', '.join(allowed[1:])}), "
+            f"got {accuracy!r}."
+        )
+    unknown = sorted(map(str, set(accuracy) - set(allowed)))
     if unknown:
         raise InvalidArgumentError(f"accuracy has unknown keys {unknown}; accepted: {', '.join(allowed)}.")
+    for key in ("top1", "top5", "base_top1", "base_top5"):
+        value = accuracy.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100
+        ):  # NaN fails the range check too
+            raise InvalidArgumentError(f"accuracy[{key!r}] must be a percentage in [0, 100], got {value!r}.")
+    n = accuracy.get("n")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise InvalidArgumentError(f"accuracy['n'] must be a positive number of images, got {n!r}.")
+    dataset = accuracy.get("dataset")
+    if dataset is not None and (not isinstance(dataset, str) or not 0 < len(dataset) <= 200):
+        raise InvalidArgumentError(f"accuracy['dataset'] must be a name of 1 to 200 characters, got {dataset!r}.")
     return {k: accuracy[k] for k in allowed if accuracy.get(k) is not None}
 
 
@@ -260,6 +291,11 @@ def _config(model: nn.Module, manifest: Manifest) -> dict[str, Any]:
     src = dict(getattr(model, "pretrained_cfg", None) or {})
     prov = manifest.provenance
     pretrained_cfg = _clean_pretrained_cfg(src)
+    for key in ("input_size", "test_input_size", "min_input_size"):  # as timm adapts them to the arguments
+        if key in pretrained_cfg and "in_chans" in manifest.base_args:
+            pretrained_cfg[key][0] = manifest.base_args["in_chans"]
+        if key in pretrained_cfg and "img_size" in manifest.base_args:
+            pretrained_cfg[key][1:] = manifest.base_args["img_size"]
     if prov.base_license:  # the weights' license: only a pretrained base passes one on
         pretrained_cfg["license"] = prov.base_license
     else:
@@ -319,19 +355,121 @@ def _clean_pretrained_cfg(src: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(out))  # tuples -> lists, as timm's own export writes them
 
 
-def _replace_folder(tmp: Path, target: Path) -> None:
-    if target.is_dir():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        old.rmdir()
-        target.rename(old)
-        try:
-            tmp.rename(target)
-        except BaseException:
-            old.rename(target)
+def _verify_reload(model: nn.Module, folder: Path, twin: bool) -> None:
+    """Load ``folder`` as a user would and require the same logits as ``model`` on a small input."""
+    from ..profile import default_input_size, input_device_dtype
+
+    try:
+        if twin:
+            from transformers import AutoModelForImageClassification
+
+            loaded = AutoModelForImageClassification.from_pretrained(folder)
+        else:
+            import timm
+
+            loaded = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    except Exception as e:
+        raise ArtifactError(
+            f"the folder being saved would not load again ({type(e).__name__}: {str(e)[:300]}); nothing was written. "
+            "If the model was built with non-default constructor arguments, udfc-hub cannot record them yet."
+        ) from e
+    device, dtype = input_device_dtype(model)
+    x = torch.randn((1, *default_input_size(model)), generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    with torch.inference_mode():
+        ours, theirs = _logits(model.eval()(x)), _logits(loaded.to(device).eval()(x))
+    if ours.shape != theirs.shape or not torch.allclose(ours, theirs, rtol=1e-4, atol=1e-5):
+        diff = (ours - theirs).abs().max().item() if ours.shape == theirs.shape else f"shape {tuple(theirs.shape)}"
+        raise ArtifactError(
+            f"the folder being saved reloads to a different network (max logit difference {diff}); nothing was "
+            "written. The model was probably built with constructor arguments that config.json cannot record "
+            "(e.g. act_layer, output_stride, drop rates); create it with timm.create_model(name) defaults."
+        )
+
+
+def _logits(out: Any) -> torch.Tensor:
+    return out.logits if hasattr(out, "logits") else out
+
+
+def _umask() -> int:
+    try:  # Linux: read it without changing it
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+
+def _new_temp_folder(target: Path) -> Path:
+    """A hidden folder beside ``target`` named after this process, with the permissions the umask gives."""
+    _remove_stale_temp_folders(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; a saved folder is an ordinary folder
+    return tmp
+
+
+def _remove_stale_temp_folders(target: Path) -> None:
+    """Temp folders of earlier saves to ``target`` whose process is gone (killed mid-save) are removed."""
+    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*-*-*"):
+        kind, _, rest = leftover.name[len(target.name) + 2 :].partition("-")
+        pid = rest.split("-")[0]
+        if kind in ("tmp", "old") and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _put_in_place(tmp: Path, target: Path, overwrite: bool) -> None:
+    """Move the finished folder ``tmp`` to ``target``.
+
+    Without ``overwrite`` a single rename does it, and the OS refuses it if a non-empty ``target`` exists (one
+    may have appeared since the check): nothing of anyone else's is moved or deleted. With ``overwrite`` the two
+    folders are swapped atomically where the OS can (Linux), so ``target`` always holds a complete folder, the old
+    or the new; elsewhere the old folder is renamed aside first, and a crash between the two renames leaves the
+    old folder as ``.NAME.old-PID-*`` beside the target (removed by the next save to the same path).
+    """
+    try:
+        os.rename(tmp, target)
+        return
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not overwrite:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise InvalidArgumentError(
+                    f"{target} appeared while saving and is not empty; nothing was replaced. Pass overwrite=True "
+                    "(CLI: --overwrite) or choose a new folder."
+                ) from None
             raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
+    if _exchange(tmp, target):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old folder
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{os.getpid()}-", dir=target.parent))
+    old.rmdir()
+    target.rename(old)
+    try:
         tmp.rename(target)
+    except BaseException:
+        old.rename(target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -342,46 +480,17 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def check_artifact(path: str | os.PathLike) -> dict[str, Any]:
-    """Validate a folder without building the model: config, weights file, and tensor shapes agree.
+    """Validate a folder without building the model: config, weights file, tensor shapes and values.
 
+    The config and the manifest are checked, the safetensors header against what the config implies (before any
+    tensor is read), the described network is run on the meta device, and every loaded value must be finite.
     Returns the config. Raises ``ArtifactError`` naming the first problem.
     """
     folder = Path(path)
-    config = read_config(folder)
-    weights = folder / WEIGHTS_NAME
-    if not weights.is_file():
-        raise ArtifactError(f"{weights} is missing.")
+    config = validate_folder(folder)
     try:
-        state = load_file(str(weights))
+        state = load_file(str(folder / WEIGHTS_NAME))
     except (SafetensorError, OSError, ValueError) as e:
-        raise ArtifactError(f"{weights} is truncated or corrupt ({e}).") from None
-    expected = _expected_state(config)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ArtifactError(
-            f"{weights} does not match config.json: missing {missing[:5]}, unexpected {unexpected[:5]}."
-        )
-    for key, tensor in expected.items():
-        if tuple(state[key].shape) != tuple(tensor.shape) or state[key].dtype != tensor.dtype:
-            raise ArtifactError(
-                f"{weights}: tensor {key} has shape {tuple(state[key].shape)} {state[key].dtype}, config.json says "
-                f"{tuple(tensor.shape)} {tensor.dtype}."
-            )
+        raise ArtifactError(f"{folder / WEIGHTS_NAME} is truncated or corrupt ({e}).") from None
+    check_finite(state, str(folder / WEIGHTS_NAME))
     return config
-
-
-def _expected_state(config: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The tensors (names, shapes, dtypes; on the meta device) that ``config`` says the weights file holds."""
-    import timm
-
-    if "model_type" in config:  # a transformers twin: the names in the file are transformers' saved names
-        from transformers import AutoConfig, AutoModelForImageClassification
-        from transformers.core_model_loading import revert_weight_conversion
-
-        with torch.device("meta"):
-            model = AutoModelForImageClassification.from_config(AutoConfig.for_model(**config))
-        return revert_weight_conversion(model, model.state_dict())
-    with torch.device("meta"):
-        model = timm.create_model(config["architecture"], num_classes=config["num_classes"], **config["model_args"])
-    return model.state_dict()

@@ -7,8 +7,11 @@ results only for accuracies that were measured and passed in.
 
 from __future__ import annotations
 
+import html
+import json
 import re
 from importlib import resources
+from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -31,6 +34,25 @@ def _mb(n_bytes: float) -> str:
 
 def _count(n: float) -> str:
     return format_count(n)
+
+
+def markdown_text(text: Any) -> str:
+    """``text`` as literal Markdown: HTML escaped, Markdown's special characters backslash-escaped, one line.
+
+    >>> markdown_text("<b>bold</b>")
+    '&lt;b&gt;bold&lt;/b&gt;'
+    """
+    escaped = html.escape(" ".join(str(text).split()), quote=False)
+    return re.sub(r"([\\`*_{}\[\]()#+!|~])", r"\\\1", escaped)
+
+
+def python_literal(text: str) -> str:
+    """A double-quoted Python string literal of ``text``, for a copy-paste code snippet.
+
+    >>> print(python_literal("hf-hub:me/r18"))
+    "hf-hub:me/r18"
+    """
+    return json.dumps(text)
 
 
 def _slug(text: str) -> str:
@@ -123,7 +145,7 @@ def render_card(
         comparison.append(("top-5 %", f"{acc['base_top5']:.2f}" if "base_top5" in acc else "-", f"{acc['top5']:.2f}"))
     accuracy_note = None
     if "top1" in acc:
-        where = acc.get("dataset", "the evaluation images")
+        where = markdown_text(acc.get("dataset", "the evaluation images"))
         n = f" ({acc['n']} images)" if "n" in acc else ""
         accuracy_note = f"Accuracy measured by udfc-hub on {where}{n}."
     storage = f"{bits}-bit codes packed densely with their scales" if bits is not None else "float32 tensors"
@@ -134,13 +156,13 @@ def render_card(
         data,
         template_str=card_template(),
         method_description=_METHOD_TEXT.get(settings.get("method"), _METHOD_TEXT["udfc"]),
-        model_name=name,
+        model_name=markdown_text(name),
         base_description=base_description,
         what_was_done=" and ".join(done),
         comparison=comparison,
         accuracy_note=accuracy_note,
-        load_id=f"hf-hub:{repo}",
-        repo_hint=repo,
+        load_literal=python_literal(f"hf-hub:{repo}"),
+        repo_literal=python_literal(repo),
         architecture=architecture,
         library=library,
         storage=storage,

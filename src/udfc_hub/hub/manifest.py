@@ -28,6 +28,8 @@ from .quantized import convert_to_packed
 
 __all__ = ["Manifest", "Provenance", "check_format", "read_config_file"]
 
+# timm constructor arguments a saved model records when they differ from the architecture's defaults
+BASE_ARG_KEYS = ("in_chans", "img_size", "global_pool")
 _MAX_DIM = 1 << 20  # no layer of a vision model has a million channels; a bigger number is a hostile file
 
 
@@ -118,6 +120,7 @@ class Manifest:
     quantized_layers: dict[str, tuple[int, ...]]  # layer name -> scale shape
     provenance: Provenance
     format_version: int = field(default=FORMAT_VERSION)
+    base_args: dict[str, Any] = field(default_factory=dict)  # non-default constructor arguments of the base
 
     def __post_init__(self) -> None:
         check_format(self.format_version)
@@ -137,6 +140,7 @@ class Manifest:
         if self.quantized_layers and self.bits is None:
             raise ArtifactError("config.json lists quantized layers but no 'bits'.")
         object.__setattr__(self, "quantized_layers", {k: tuple(v) for k, v in self.quantized_layers.items()})
+        _check_base_args(self.base_args)
 
     # timm: config.json's model_args
 
@@ -148,6 +152,7 @@ class Manifest:
             "bits": self.bits,
             "quantized_layers": {k: list(v) for k, v in self.quantized_layers.items()},
             "provenance": self.provenance.to_dict(),
+            **self.base_args,
         }
 
     @classmethod
@@ -164,6 +169,7 @@ class Manifest:
             quantized_layers=args.get("quantized_layers") or {},
             provenance=Provenance.from_dict(args.get("provenance")),
             format_version=args["format_version"],
+            base_args={k: args[k] for k in BASE_ARG_KEYS if k in args},
         )
 
     # transformers: the config's udfc block
@@ -206,7 +212,24 @@ class Manifest:
         """Give a freshly built base model the stored widths and packed-weight layer classes (empty values)."""
         resize_model(model, spec, self.channels)
         for name, scale_shape in self.quantized_layers.items():
-            convert_to_packed(_get(model, name), self.bits, scale_shape)
+            try:
+                convert_to_packed(_get(model, name), self.bits, scale_shape)
+            except TypeError as e:  # e.g. a norm layer listed as quantized
+                raise ArtifactError(f"config.json lists {name!r} as a quantized layer: {e}.") from None
+
+
+def _check_base_args(args: Any) -> None:
+    if not isinstance(args, dict) or set(args) - set(BASE_ARG_KEYS):
+        raise ArtifactError(f"config.json: constructor arguments may only be {', '.join(BASE_ARG_KEYS)}.")
+    if "in_chans" in args and not (_is_count(args["in_chans"]) and args["in_chans"] <= 64):
+        raise ArtifactError("config.json: in_chans must be an integer in 1..64.")
+    size = args.get("img_size")
+    sizes = size if isinstance(size, (list, tuple)) else [size]
+    if "img_size" in args and not (0 < len(sizes) <= 2 and all(_is_count(v) and v <= 8192 for v in sizes)):
+        raise ArtifactError("config.json: img_size must be a size (or height, width) in 1..8192.")
+    pool = args.get("global_pool")
+    if "global_pool" in args and not (isinstance(pool, str) and pool.isalpha() and len(pool) <= 16):
+        raise ArtifactError("config.json: global_pool must be a pooling name such as 'avg' or 'max'.")
 
 
 def _is_count(v: Any) -> bool:

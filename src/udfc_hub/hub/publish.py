@@ -7,11 +7,12 @@ retry uploads the same bytes.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
-from typing import Any
 
-from ..errors import InvalidArgumentError, PublishError, UdfcError
+from ..errors import PublishError, UdfcError
 from .artifact import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, check_artifact
+from .repo_id import check_repo_id
 
 __all__ = ["push", "resolve_token", "check_repo_id"]
 
@@ -60,6 +61,8 @@ def push(
     folder = Path(path)
     check_repo_id(repo_id)
     config = check_artifact(folder)
+    if not (folder / CARD_NAME).is_file():
+        warnings.warn(f"{folder} has no {CARD_NAME}: the repo {repo_id} gets no model card", stacklevel=2)
     tok = resolve_token(token)
     settings = config["udfc"]["compression"]
     message = commit_message or (
@@ -84,20 +87,6 @@ def push(
     except Exception as e:  # the Hub client raises HTTP, connection and OS errors of several kinds
         raise PublishError(_describe(e, api.endpoint, repo_id), local_path=folder) from e
     return info.pr_url if create_pr and info.pr_url else info.commit_url
-
-
-def check_repo_id(repo_id: Any) -> None:
-    """Refuse a repo id that huggingface_hub would refuse, before any work is done."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        if not isinstance(repo_id, str) or "/" not in repo_id:
-            raise HFValidationError("it must look like 'namespace/name'")
-        validate_repo_id(repo_id)
-    except HFValidationError as e:
-        raise InvalidArgumentError(
-            f"repo_id {repo_id!r} is not a valid Hub repo id ({e}); use 'namespace/name'."
-        ) from None
 
 
 def _describe(e: Exception, endpoint: str, repo_id: str) -> str:

@@ -7,17 +7,20 @@ state dict holds packed codes; timm's strict loader then fills everything from `
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import timm
+import torch
 import torch.nn as nn
 from safetensors import SafetensorError
 from timm.models import build_model_with_cfg, register_model
 
 from ..adapters import describe_model
 from ..errors import ArtifactError
-from .manifest import Manifest, read_config_file
+from .manifest import BASE_ARG_KEYS, Manifest
+from .validate import check_finite, validate_folder
 
 __all__ = ["PREFIX", "build_skeleton", "register_compressed", "udfc_name"]
 
@@ -41,13 +44,39 @@ def build_skeleton(**model_args: Any) -> nn.Module:
     the same files.
     """
     manifest_keys = ("format_version", "base_architecture", "channels", "bits", "quantized_layers", "provenance")
-    manifest = Manifest.from_model_args({k: model_args.pop(k) for k in manifest_keys if k in model_args})
+    stored = {k: model_args.pop(k) for k in manifest_keys if k in model_args}
+    manifest = Manifest.from_model_args({**stored, **{k: model_args[k] for k in BASE_ARG_KEYS if k in model_args}})
     model_args.pop("pretrained_cfg", None)
     model_args.pop("pretrained_cfg_overlay", None)
     model = timm.create_model(manifest.base_architecture, pretrained=False, **model_args)
     manifest.apply(model, describe_model(model))
-    model.udfc_manifest = manifest
+    # what differs from the defaults, as pack_model records it (timm adds arguments such as in_chans of its own)
+    model.udfc_manifest = dataclasses.replace(manifest, base_args=constructor_args(model, manifest.base_architecture))
     return model
+
+
+def constructor_args(model: nn.Module, arch: str) -> dict[str, Any]:
+    """The constructor arguments of ``BASE_ARG_KEYS`` in which ``model`` differs from ``arch``'s defaults."""
+    with torch.device("meta"):
+        default = timm.create_model(arch)
+
+    def first_conv(m):
+        return next((c for c in m.modules() if isinstance(c, nn.Conv2d)), None)
+
+    def pool(m):
+        p = getattr(m, "global_pool", None)
+        return p if isinstance(p, str) else getattr(p, "pool_type", None)
+
+    def img_size(m):
+        size = getattr(getattr(m, "patch_embed", None), "img_size", None)
+        return list(size) if size is not None else None
+
+    found = {
+        "in_chans": (lambda m: getattr(first_conv(m), "in_channels", None)),
+        "img_size": img_size,
+        "global_pool": pool,
+    }
+    return {k: get(model) for k, get in found.items() if get(model) != get(default)}
 
 
 def _make_entrypoint(name: str):
@@ -57,12 +86,11 @@ def _make_entrypoint(name: str):
                 f"{name} rebuilds a udfc_hub artifact and needs its model_args; load it with "
                 f"timm.create_model('hf-hub:<repo>', pretrained=True) or 'local-dir:<folder>'."
             )
-        if pretrained:  # the whole config.json passes the one validation, not only the model_args timm hands on
-            config = _source_config(kwargs.get("pretrained_cfg"))
-            if config is not None:
-                Manifest.from_config(config)
+        folder = _source_folder(kwargs.get("pretrained_cfg")) if pretrained else None
+        if folder is not None:  # untrusted input: config and weights header checked before anything is allocated
+            validate_folder(folder)
         try:
-            return build_model_with_cfg(build_skeleton, name, pretrained, **kwargs)
+            model = build_model_with_cfg(build_skeleton, name, pretrained, **kwargs)
         except (SafetensorError, RuntimeError, OSError) as e:
             if not pretrained:
                 raise
@@ -71,6 +99,9 @@ def _make_entrypoint(name: str):
                 f"could not load the weights of {name} from {where}: the file is missing, truncated or corrupt, or "
                 f"its tensors disagree with config.json ({type(e).__name__}: {str(e)[:400]})"
             ) from e
+        if pretrained:
+            check_finite(model.state_dict(), _weights_location(kwargs.get("pretrained_cfg")))
+        return model
 
     entrypoint.__name__ = entrypoint.__qualname__ = name
     entrypoint.__module__ = __name__
@@ -78,19 +109,18 @@ def _make_entrypoint(name: str):
     return entrypoint
 
 
-def _source_config(cfg: Any) -> dict[str, Any] | None:
-    """The config.json that a ``local-dir:`` / ``hf-hub:`` load read (timm passes on only parts of it)."""
+def _source_folder(cfg: Any) -> Path | None:
+    """The folder holding the config.json and model.safetensors that a ``local-dir:`` / ``hf-hub:`` load reads."""
     cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg or {})
     if cfg.get("file"):
         folder = Path(cfg["file"])
-        path = (folder if folder.is_dir() else folder.parent) / "config.json"
-    elif cfg.get("hf_hub_id"):
+        return folder if folder.is_dir() else folder.parent
+    if cfg.get("hf_hub_id"):
         from huggingface_hub import hf_hub_download
 
-        path = Path(hf_hub_download(cfg["hf_hub_id"], "config.json"))  # cached: timm has just fetched it
-    else:
-        return None
-    return read_config_file(path)
+        hf_hub_download(cfg["hf_hub_id"], "config.json")  # cached: timm has just fetched it
+        return Path(hf_hub_download(cfg["hf_hub_id"], "model.safetensors")).parent  # timm fetches it next anyway
+    return None
 
 
 def _weights_location(cfg: Any) -> str:

@@ -12,6 +12,7 @@ quantizes it to match, and transformers' own loader fills it from ``model.safete
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
@@ -30,6 +31,8 @@ from transformers import (
 from ..adapters import describe_model
 from ..errors import ArtifactError
 from .manifest import Manifest
+from .quantized import is_quantized
+from .validate import check_finite, validate_folder
 
 __all__ = [
     "UdfcResNetConfig",
@@ -54,6 +57,26 @@ class _UdfcModelMixin:
         # the float weight of a quantized layer is not in the file: it is derived from the codes (``_init_weights``)
         patterns = {rf"(^|\.){re.escape(name)}\.weight$" for name in manifest.quantized_layers}
         self._keys_to_ignore_on_load_missing = set(self._keys_to_ignore_on_load_missing or ()) | patterns
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' loader, made strict: a local folder is validated before anything is allocated, a missing,
+        unexpected or mis-shaped tensor is an ``ArtifactError`` (transformers only reports it), and every packed
+        layer's float weight is materialised at once (not left on the meta device until the first forward)."""
+        local = Path(str(pretrained_model_name_or_path))
+        if local.is_dir():
+            validate_folder(local)
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        problems = {k: sorted(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+        if any(problems.values()):
+            listed = "; ".join(f"{k.replace('_', ' ')}: {v[:5]}" for k, v in problems.items() if v)
+            raise ArtifactError(f"{pretrained_model_name_or_path}: the weights do not match config.json ({listed}).")
+        for module in model.modules():
+            if is_quantized(module) and module.weight.is_meta:
+                module.init_non_persistent_buffers()
+        check_finite(model.state_dict(), str(pretrained_model_name_or_path))
+        return (model, info) if want_info else model
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)

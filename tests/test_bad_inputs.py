@@ -1,0 +1,482 @@
+"""Bad inputs and faults, table-driven: every case ends in a udfc-hub error that names the problem (or a correct
+result), and nothing of the user's is lost or half-written. Grows with every bug found."""
+
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+
+import udfc_hub
+from udfc_hub import ArtifactError, InvalidArgumentError, UdfcError, UnsupportedModelError
+
+DATA = Path(__file__).parent / "data"
+TIMM_V1 = DATA / "format1-cifar_resnet20-p50-w3"
+HF_V1 = DATA / "format1-hf-resnet-p50-w3"
+
+
+@pytest.fixture(scope="module")
+def r20():
+    torch.manual_seed(0)
+    return timm.create_model("cifar_resnet20").eval()
+
+
+@pytest.fixture(scope="module")
+def r20_result(r20):
+    return udfc_hub.compress(r20, prune_ratio=0.5, bits=3)
+
+
+# --- compress: options ------------------------------------------------------------------------------------------
+
+OPTION_CASES = [
+    ({"prune_ratio": 1.0}, r"prune_ratio must be a number in \[0, 1\)"),
+    ({"prune_ratio": -0.1}, "prune_ratio"),
+    ({"prune_ratio": "0.3"}, "prune_ratio"),
+    ({"prune_ratio": True}, "prune_ratio"),
+    ({"prune_ratio": float("nan")}, "prune_ratio"),
+    ({"prune_ratio": None}, "prune_ratio"),
+    ({"bits": 1}, "bits must be an integer in 2..8"),
+    ({"bits": 9}, "bits must be an integer in 2..8"),
+    ({"bits": 4.5}, "bits must be an integer"),
+    ({"bits": "6"}, "bits must be an integer"),
+    ({"bits": True}, "bits must be an integer"),
+    ({"method": "magic"}, r"method must be one of udfc\+, udfc, nm, prune, rtn; got 'magic'"),
+    ({"method": None}, "method must be one of"),
+    ({"criterion": "l3"}, "criterion must be one of l1, l2"),
+    ({"granularity": "row"}, "granularity must be one of tensor, channel"),
+    ({"fit": "cubic"}, "fit must be one of None, relu, linear"),
+    ({"nonnegative": None}, "nonnegative must be True or False"),
+    ({"nonnegative": "yes"}, "nonnegative must be True or False"),
+    ({"bias_correction": "yes"}, "bias_correction must be True or False"),
+    ({"variance_correction": 0}, "variance_correction must be True or False"),
+    ({"quant_correction": "t"}, "quant_correction must be one of None, none, udfc, scale"),
+    ({"layer_ratios": "greedy"}, "layer_ratios must be one of uniform, adaptive"),
+    ({"alpha1": -1.0}, r"alpha1 must be a number in \[0, inf\]"),
+    ({"alpha2": float("nan")}, "alpha2 must be a number"),
+    ({"reference": "x"}, "reference must be one of compensated, original"),
+    ({"nm_variant": "x"}, "nm_variant must be one of code, derived"),
+    ({"nm_lambda": 2.0}, r"nm_lambda must be a number in \[0, 1\]"),
+    ({"nm_threshold": -2}, r"nm_threshold must be a number in \[-1, 1\]"),
+    ({"prune_rate": 0.3}, "unknown compression option.*prune_rate"),
+    ({"method": "nm", "fit": "relu"}, r"fit applies to method udfc or udfc\+ only"),
+    ({"nonnegative": True}, r"nonnegative=True needs method 'udfc' or 'udfc\+' with fit='linear'"),
+    ({"prune_ratio": 0, "bits": None}, "Nothing to do"),
+]
+
+
+@pytest.mark.parametrize("options,match", OPTION_CASES)
+def test_bad_options(r20, options, match):
+    with pytest.raises(InvalidArgumentError, match=match):
+        udfc_hub.compress(r20, **({"prune_ratio": 0.3, "bits": 6} | options))
+
+
+def test_a_number_where_the_config_goes(r20):
+    with pytest.raises(InvalidArgumentError, match="config must be a udfc_hub.CompressionConfig.*by keyword"):
+        udfc_hub.compress(r20, 0.3)
+
+
+# --- compress: models -------------------------------------------------------------------------------------------
+
+
+def _tamper_model(kind):
+    model = timm.create_model("cifar_resnet20").eval()
+    with torch.no_grad():
+        if kind == "nan weight":
+            model.layer1[0].conv1.weight[0, 0, 0, 0] = float("nan")
+        elif kind == "inf running_var":
+            model.layer2[1].bn1.running_var[3] = float("inf")
+        elif kind == "float16":
+            model = model.half()
+        elif kind == "bfloat16":
+            model = model.bfloat16()
+    return model
+
+
+MODEL_CASES = [
+    ("resnet34", InvalidArgumentError, "must be a torch.nn.Module"),
+    (None, InvalidArgumentError, "must be a torch.nn.Module"),
+    ("nan weight", InvalidArgumentError, "NaN or infinite values in layer1.0.conv1.weight"),
+    ("inf running_var", InvalidArgumentError, "NaN or infinite values in layer2.1.bn1.running_var"),
+    ("float16", InvalidArgumentError, r"torch.float16.*model.float\(\)"),
+    ("bfloat16", InvalidArgumentError, r"torch.bfloat16.*model.float\(\)"),
+    ("meta", InvalidArgumentError, "meta device"),
+    ("unsupported", UnsupportedModelError, "No udfc_hub adapter supports"),
+]
+
+
+@pytest.mark.parametrize("kind,error,match", MODEL_CASES)
+def test_bad_models(kind, error, match):
+    if kind in ("resnet34", None):
+        model = kind
+    elif kind == "meta":
+        with torch.device("meta"):
+            model = timm.create_model("cifar_resnet20")
+    elif kind == "unsupported":
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    else:
+        model = _tamper_model(kind)
+    with pytest.raises(error, match=match):
+        udfc_hub.compress(model, prune_ratio=0.3, bits=6)
+
+
+# --- save_pretrained --------------------------------------------------------------------------------------------
+
+SAVE_CASES = [
+    ({"repo_id": "no-namespace"}, "repo_id 'no-namespace' is not a valid Hub repo id"),
+    ({"repo_id": "me/bad name"}, "is not a valid Hub repo id"),
+    ({"repo_id": 'me/x"); import os; os.system("echo'}, "is not a valid Hub repo id"),
+    ({"repo_id": "me/<script>"}, "is not a valid Hub repo id"),
+    ({"base_model": "timm/resnet 50"}, "base_model 'timm/resnet 50' is not a valid Hub repo id"),
+    ({"accuracy": {"top5": 90.0}}, "accuracy must be a dict with a measured 'top1'"),
+    ({"accuracy": {"top1": float("nan")}}, r"accuracy\['top1'\] must be a percentage"),
+    ({"accuracy": {"top1": 150}}, r"accuracy\['top1'\] must be a percentage"),
+    ({"accuracy": {"top1": "90"}}, r"accuracy\['top1'\] must be a percentage"),
+    ({"accuracy": {"top1": 90, "base_top1": float("inf")}}, r"accuracy\['base_top1'\]"),
+    ({"accuracy": {"top1": 90, "n": 0}}, r"accuracy\['n'\] must be a positive number"),
+    ({"accuracy": {"top1": 90, "dataset": "x" * 300}}, r"accuracy\['dataset'\] must be a name"),
+    ({"accuracy": {"top1": 90, "speed": 1}}, "accuracy has unknown keys"),
+    ({"accuracy": [90]}, "accuracy must be a dict"),
+]
+
+
+@pytest.mark.parametrize("kwargs,match", SAVE_CASES)
+def test_bad_save_arguments_write_nothing(r20_result, tmp_path, kwargs, match):
+    with pytest.raises(InvalidArgumentError, match=match):
+        udfc_hub.save_pretrained(r20_result, tmp_path / "out", **kwargs)
+    assert list(tmp_path.iterdir()) == []  # no folder, no temp folder
+
+
+@pytest.mark.parametrize("what", ["file", "non-empty folder"])
+def test_save_never_replaces_what_it_was_not_asked_to(r20_result, tmp_path, what):
+    target = tmp_path / "out"
+    if what == "file":
+        target.write_text("mine")
+    else:
+        target.mkdir()
+        (target / "mine.txt").write_text("mine")
+    with pytest.raises(InvalidArgumentError, match="not a folder" if what == "file" else "not empty"):
+        udfc_hub.save_pretrained(r20_result, target)
+    assert (target.read_text() if what == "file" else (target / "mine.txt").read_text()) == "mine"
+
+
+@pytest.mark.parametrize("thing", ["a string", "a plain module"])
+def test_save_what_is_not_a_compressed_model(tmp_path, thing):
+    value = "resnet18" if thing == "a string" else nn.Linear(2, 2)
+    with pytest.raises(InvalidArgumentError, match="save_pretrained takes the result of udfc_hub.compress"):
+        udfc_hub.save_pretrained(value, tmp_path / "out")
+
+
+@pytest.mark.parametrize("kwargs", [dict(act_layer="gelu"), dict(drop_rate=0.5, act_layer="silu")])
+def test_a_model_that_would_not_reload_is_never_written(tmp_path, kwargs):
+    model = timm.create_model("resnet18", **kwargs).eval()
+    result = udfc_hub.compress(model, prune_ratio=0.3, bits=6)
+    with pytest.raises(ArtifactError, match="reloads to a different network.*nothing was written"):
+        udfc_hub.save_pretrained(result, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "arch,kwargs",
+    [
+        ("resnet18", dict(in_chans=1)),
+        ("resnet18", dict(global_pool="max")),
+        ("vit_tiny_patch16_224", dict(img_size=64)),
+    ],
+)
+def test_recorded_constructor_arguments_reload_exactly(tmp_path, arch, kwargs):
+    model = timm.create_model(arch, **kwargs).eval()
+    result = udfc_hub.compress(model, prune_ratio=0.3, bits=6)
+    folder = udfc_hub.save_pretrained(result, tmp_path / "out")  # verify=True: the reload gave the same logits
+    loaded = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    assert set(loaded.udfc_manifest.base_args) == set(kwargs)
+    assert set(kwargs) <= set(json.loads((folder / "config.json").read_text())["model_args"])
+
+
+def test_saved_folders_follow_the_umask(r20_result, tmp_path):
+    old = os.umask(0o027)
+    try:
+        folder = udfc_hub.save_pretrained(r20_result, tmp_path / "out")
+    finally:
+        os.umask(old)
+    assert folder.stat().st_mode & 0o777 == 0o750
+
+
+def test_a_folder_that_appears_during_the_save_is_not_touched(r20_result, tmp_path, monkeypatch):
+    target = tmp_path / "out"
+    render = udfc_hub.hub.artifact.render_card
+
+    def another_process_writes_there(*args, **kwargs):  # a real second process creates the folder mid-save
+        code = f"import pathlib; p = pathlib.Path({str(target)!r}); p.mkdir(); (p / 'theirs.txt').write_text('x')"
+        subprocess.run([sys.executable, "-c", code], check=True)
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr(udfc_hub.hub.artifact, "render_card", another_process_writes_there)
+    with pytest.raises(InvalidArgumentError, match="appeared while saving and is not empty; nothing was replaced"):
+        udfc_hub.save_pretrained(r20_result, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # our temp folder is gone
+    assert [p.name for p in target.iterdir()] == ["theirs.txt"]
+
+
+_KILLED_SAVE = """
+import sys, time, timm, torch, udfc_hub
+import udfc_hub.hub.artifact as artifact
+render = artifact.render_card
+def slow(*a, **k):
+    print("writing", flush=True)
+    time.sleep(60)
+    return render(*a, **k)
+artifact.render_card = slow
+result = udfc_hub.compress(timm.create_model("cifar_resnet20").eval(), prune_ratio=0.5, bits=3)
+udfc_hub.save_pretrained(result, sys.argv[1], overwrite=True)
+"""
+
+
+def test_kill_during_save_leaves_the_old_folder_and_the_next_save_cleans_up(r20_result, tmp_path):
+    target = tmp_path / "out"
+    udfc_hub.save_pretrained(r20_result, target)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_SAVE, str(target)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"  # inside the save, files half written
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before  # the old folder, whole
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.tmp-")]
+    assert len(leftovers) == 1
+    udfc_hub.save_pretrained(r20_result, target, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the dead process's temp folder is removed
+
+
+def test_overwrite_swaps_the_whole_folder(r20_result, tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    udfc_hub.save_pretrained(r20_result, target, overwrite=True)
+    assert sorted(p.name for p in target.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_card_strings_are_escaped(r20_result, tmp_path):
+    folder = udfc_hub.save_pretrained(
+        r20_result, tmp_path / "<b>x</b>", accuracy={"top1": 50.0, "dataset": "<img src=x onerror=alert(1)>"}
+    )
+    text = (folder / "README.md").read_text()
+    body = text.split("---", 2)[2]
+    assert "<b>" not in body and "<img" not in body and "&lt;img src=x onerror=alert\\(1\\)&gt;" in body
+
+
+# --- tampered artifacts -----------------------------------------------------------------------------------------
+
+
+def _edit_config(folder, fn):
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    fn(config)
+    path.write_text(json.dumps(config))
+
+
+def _args(c):
+    return c["model_args"]
+
+
+def _header(folder):
+    raw = (folder / "model.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    return raw, n, json.loads(raw[8 : 8 + n])
+
+
+def _write_header(folder, raw, n, header):
+    text = json.dumps(header, separators=(",", ":")).encode()
+    assert len(text) <= n
+    (folder / "model.safetensors").write_bytes(raw[:8] + text.ljust(n) + raw[8 + n :])
+
+
+def _nan_scale(folder):
+    raw, n, header = _header(folder)
+    start, _ = header["conv1.weight_scale"]["data_offsets"]
+    at = 8 + n + start
+    (folder / "model.safetensors").write_bytes(raw[:at] + struct.pack("<f", float("nan")) + raw[at + 4 :])
+
+
+def _lying_header(folder):
+    raw, n, header = _header(folder)
+    header["linear.weight_scale"]["shape"] = [100000, 1]
+    _write_header(folder, raw, n, header)
+
+
+TAMPER = {
+    "bits 99": (lambda f: _edit_config(f, lambda c: _args(c).update(bits=99)), "bits must be an integer in 2..8"),
+    "negative width": (
+        lambda f: _edit_config(f, lambda c: _args(c)["channels"].update({"layer1.0.conv1": -3})),
+        "channels must map layer names to widths",
+    ),
+    "huge width": (
+        lambda f: _edit_config(f, lambda c: _args(c)["channels"].update({"layer1.0.conv1": 10**9})),
+        "channels must map layer names to widths",
+    ),
+    "wrong width": (
+        lambda f: _edit_config(f, lambda c: _args(c)["channels"].update({"layer1.0.conv1": 10})),
+        "has shape",
+    ),
+    "huge scale shape": (
+        lambda f: _edit_config(f, lambda c: _args(c)["quantized_layers"].update({"conv1": [10**6, 10**6, 1, 1]})),
+        "has shape|scale",
+    ),
+    "huge num_classes": (lambda f: _edit_config(f, lambda c: c.update(num_classes=10**9)), "has shape"),
+    "norm listed as quantized": (
+        lambda f: _edit_config(f, lambda c: _args(c)["quantized_layers"].update({"bn1": [16, 1, 1, 1]})),
+        "bn1",
+    ),
+    "unknown layer": (
+        lambda f: _edit_config(f, lambda c: _args(c)["channels"].update({"nope.conv": 3})),
+        "nope.conv",
+    ),
+    "no model_args": (lambda f: _edit_config(f, lambda c: c.pop("model_args")), "model_args"),
+    "no udfc block": (lambda f: _edit_config(f, lambda c: c.pop("udfc")), "no udfc block"),
+    "version only in udfc": (
+        lambda f: _edit_config(f, lambda c: c["udfc"].update(format_version=2)),
+        "format version 2",
+    ),
+    "version only in model_args": (
+        lambda f: _edit_config(f, lambda c: _args(c).update(format_version=2)),
+        "format version 2",
+    ),
+    "empty global_pool": (lambda f: _edit_config(f, lambda c: c.update(global_pool="")), "global_pool|cannot run"),
+    "bad base architecture": (
+        lambda f: _edit_config(f, lambda c: _args(c).update(base_architecture="")),
+        "base_architecture",
+    ),
+    "invalid recorded settings": (
+        lambda f: _edit_config(f, lambda c: _args(c)["provenance"]["settings"].update(bits=99)),
+        "recorded compression settings are invalid",
+    ),
+    "no provenance": (lambda f: _edit_config(f, lambda c: _args(c).pop("provenance")), "provenance"),
+    "config not JSON": (lambda f: (f / "config.json").write_text("{not json"), "not valid JSON"),
+    "config a list": (lambda f: (f / "config.json").write_text("[1, 2]"), "not a JSON object"),
+    "no weights": (lambda f: (f / "model.safetensors").unlink(), "model.safetensors is missing"),
+    "truncated weights": (
+        lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:5000]),
+        "truncated|does not fit",
+    ),
+    "header lies": (_lying_header, "does not fit|has shape"),
+    "NaN scale": (_nan_scale, "conv1.weight_scale holds NaN"),
+}
+
+
+def _tampered(tmp_path, name):
+    folder = tmp_path / "m"
+    shutil.copytree(TIMM_V1, folder)
+    TAMPER[name][0](folder)
+    return folder
+
+
+@pytest.mark.parametrize("name", sorted(TAMPER))
+def test_check_artifact_refuses(tmp_path, name):
+    folder = _tampered(tmp_path, name)
+    with pytest.raises(ArtifactError, match=TAMPER[name][1]):
+        udfc_hub.check_artifact(folder)
+
+
+@pytest.mark.parametrize("name", sorted(TAMPER))
+def test_the_timm_loader_refuses(tmp_path, name):
+    folder = _tampered(tmp_path, name)
+    with pytest.raises(UdfcError, match=TAMPER[name][1]):
+        udfc_hub.load_model(f"local-dir:{folder}")
+
+
+def test_transformers_refuses_a_missing_tensor(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForImageClassification
+
+    folder = tmp_path / "m"
+    shutil.copytree(HF_V1, folder)
+    state = load_file(str(folder / "model.safetensors"))
+    state.pop(next(k for k in state if k.endswith("weight_scale")))
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(ArtifactError, match="missing"):
+        AutoModelForImageClassification.from_pretrained(folder)
+
+
+def test_transformers_loads_complete_and_resavable(tmp_path):
+    from transformers import AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(HF_V1)
+    assert not any(p.is_meta for p in model.parameters())
+    again = udfc_hub.save_pretrained(model, tmp_path / HF_V1.name)
+    for name in ("config.json", "model.safetensors"):
+        assert (again / name).read_bytes() == (HF_V1 / name).read_bytes()
+
+
+# --- evaluation -------------------------------------------------------------------------------------------------
+
+
+def test_labels_may_not_name_files_outside_the_folder(tmp_path):
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(b"x")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "labels.tsv").write_text("file\tclass_index\n../secret.png\t0\n")
+    with pytest.raises(InvalidArgumentError, match="lies outside"):
+        udfc_hub.evaluation.load_eval_data(data)
+
+
+def test_nan_logits_are_an_error_not_an_accuracy(tmp_path):
+    import numpy as np
+
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 32, 32, 3), np.uint8), y=np.zeros(4, np.int64))
+    model = timm.create_model("cifar_resnet20").eval()
+    with torch.no_grad():
+        model.linear.bias.fill_(float("nan"))
+    with pytest.raises(UdfcError, match="NaN or infinite logits"):
+        udfc_hub.evaluate(model, tmp_path / "d.npz")
+
+
+@pytest.mark.parametrize("content,match", [(None, "does not exist"), ("x.txt", "not an .npz"), ("bad.npz", "lacks")])
+def test_bad_evaluation_data(tmp_path, content, match):
+    import numpy as np
+
+    path = tmp_path / (content or "missing")
+    if content == "x.txt":
+        path.write_text("x")
+    elif content == "bad.npz":
+        np.savez(path, a=np.zeros(2))
+    with pytest.raises(InvalidArgumentError, match=match):
+        udfc_hub.evaluate(timm.create_model("cifar_resnet20"), path)
+
+
+# --- the command line -------------------------------------------------------------------------------------------
+
+
+def _cli(*args, env=None):
+    full = {**os.environ, **(env or {})}
+    full.pop("HF_TOKEN", None)
+    return subprocess.run([sys.executable, "-m", "udfc_hub.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, env=full)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args,code,message",
+    [
+        (["compress", "resnet18", "--bits", "9", "--out", "{tmp}/o", "--json"], 2, "outside 2..8"),
+        (["compress", "resnet18", "--out", "{tmp}/o", "--push", "bad repo", "--json"], 2, "not a valid Hub repo id"),
+        (["eval", "{tmp}/nonexistent/dir", "--data", "x", "--json"], 2, "does not exist"),
+        (["inspect", "{tmp}/nonexistent/dir", "--json"], 2, "does not exist"),
+    ],
+)
+def test_cli_errors_are_json_with_json(tmp_path, args, code, message):
+    start = time.perf_counter()
+    proc = _cli(*[a.format(tmp=tmp_path) for a in args], env={"HF_HOME": str(tmp_path / "hf")})
+    assert proc.returncode == code, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["ok"] is False and summary["exit_code"] == code and message in summary["error"]
+    assert not (tmp_path / "o").exists()
+    assert time.perf_counter() - start < 120
