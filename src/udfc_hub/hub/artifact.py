@@ -210,6 +210,8 @@ def _packed(result, base_model: str | None) -> tuple[nn.Module, ModelStats]:
     """The model to save and its size; a compression result's size was measured already, a loaded one's is not."""
     if isinstance(result, CompressionResult):
         return pack_model(result, base_model), result.report.after
+    if hasattr(getattr(result, "timm_model", None), "udfc_manifest"):  # a timm artifact loaded by transformers
+        result = result.timm_model
     twin_block = getattr(getattr(result, "config", None), "udfc", None)
     if isinstance(result, nn.Module) and (hasattr(result, "udfc_manifest") or twin_block):
         model = copy.copy(result)  # the caller's model keeps its own manifest and config

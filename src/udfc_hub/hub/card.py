@@ -43,7 +43,7 @@ def markdown_text(text: Any) -> str:
     '&lt;b&gt;bold&lt;/b&gt;'
     """
     escaped = html.escape(" ".join(str(text).split()), quote=False)
-    return re.sub(r"([\\`*_{}\[\]()#+!|~])", r"\\\1", escaped)
+    return re.sub(r"([\\`*{}\[\]()#+!|~])", r"\\\1", escaped)  # "_" inside words is literal
 
 
 def python_literal(text: str) -> str:
