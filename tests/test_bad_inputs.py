@@ -308,7 +308,7 @@ def _nan_scale(folder):
 
 def _lying_header(folder):
     raw, n, header = _header(folder)
-    header["linear.weight_scale"]["shape"] = [100000, 1]
+    header["linear.weight_scale"]["shape"] = [99, 1]  # same length: the header keeps its size
     _write_header(folder, raw, n, header)
 
 
@@ -364,9 +364,9 @@ TAMPER = {
     "no weights": (lambda f: (f / "model.safetensors").unlink(), "model.safetensors is missing"),
     "truncated weights": (
         lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:5000]),
-        "truncated|does not fit",
+        "truncated or corrupt",
     ),
-    "header lies": (_lying_header, "does not fit|has shape"),
+    "header lies": (_lying_header, "truncated or corrupt|has shape"),
     "NaN scale": (_nan_scale, "conv1.weight_scale holds NaN"),
 }
 

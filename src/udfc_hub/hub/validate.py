@@ -36,16 +36,16 @@ def read_header(path: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     with path.open("rb") as f:
         raw = f.read(8)
         if len(raw) < 8:
-            raise ArtifactError(f"{path} is truncated (no safetensors header).")
+            raise ArtifactError(f"{path} is truncated or corrupt: no safetensors header.")
         (n,) = struct.unpack("<Q", raw)
         if n > min(_MAX_HEADER, size - 8):
-            raise ArtifactError(f"{path}: safetensors header of {n} bytes does not fit the file ({size} bytes).")
+            raise ArtifactError(f"{path} is truncated or corrupt: a {n}-byte header in a file of {size} bytes.")
         try:
             header = json.loads(f.read(n))
         except ValueError as e:
-            raise ArtifactError(f"{path}: the safetensors header is not valid JSON ({e}).") from None
+            raise ArtifactError(f"{path} is truncated or corrupt: its header is not valid JSON ({e}).") from None
     if not isinstance(header, dict):
-        raise ArtifactError(f"{path}: the safetensors header is not a JSON object.")
+        raise ArtifactError(f"{path} is truncated or corrupt: its header is not a JSON object.")
     out, end = {}, 0
     for name, info in header.items():
         if name == "__metadata__":
@@ -55,14 +55,16 @@ def read_header(path: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
             shape = tuple(int(d) for d in info["shape"])
             start, stop = (int(x) for x in info["data_offsets"])
         except (KeyError, TypeError, ValueError):
-            raise ArtifactError(f"{path}: tensor {name!r} has a malformed or unsupported header entry.") from None
+            raise ArtifactError(
+                f"{path} is truncated or corrupt: tensor {name!r} has a malformed header entry."
+            ) from None
         nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
         if any(d < 0 for d in shape) or stop - start != nbytes or not 0 <= start <= stop <= size - 8 - n:
-            raise ArtifactError(f"{path}: tensor {name!r} ({shape}) does not fit its byte range in the file.")
+            raise ArtifactError(f"{path} is truncated or corrupt: tensor {name!r} {shape} does not fit its bytes.")
         out[name] = (shape, dtype)
         end = max(end, stop)
     if end != size - 8 - n:
-        raise ArtifactError(f"{path} is truncated or has trailing bytes ({size - 8 - n - end} unaccounted for).")
+        raise ArtifactError(f"{path} is truncated or corrupt: {size - 8 - n - end} bytes unaccounted for.")
     return out
 
 
