@@ -33,12 +33,10 @@ from .quantized import convert_to_packed
 from .repo_id import check_repo_id
 from .timm_models import PREFIX, constructor_args, register_compressed
 from .transformers_models import is_transformers_model, udfc_twin
-from .validate import check_finite, validate_folder
+from .validate import CONFIG_NAME, WEIGHTS_NAME, check_finite, validate_folder
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "save_pretrained", "pack_model", "read_config", "check_artifact"]
 
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
 _METADATA = {"format": "pt", "udfc_format": FORMAT, "udfc_format_version": str(FORMAT_VERSION)}
 
