@@ -354,6 +354,10 @@ TAMPER = {
         lambda f: _edit_config(f, lambda c: _args(c).update(base_architecture="")),
         "base_architecture",
     ),
+    "markup in the base architecture": (
+        lambda f: _edit_config(f, lambda c: _args(c).update(base_architecture="resnet18`<b>")),
+        "base_architecture",
+    ),
     "invalid recorded settings": (
         lambda f: _edit_config(f, lambda c: _args(c)["provenance"]["settings"].update(bits=99)),
         "recorded compression settings are invalid",

@@ -13,6 +13,7 @@ twins as the ``udfc`` block of their config.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,8 +125,12 @@ class Manifest:
 
     def __post_init__(self) -> None:
         check_format(self.format_version)
-        if not isinstance(self.base_architecture, str) or not self.base_architecture:
-            raise ArtifactError("config.json: base_architecture must be a non-empty string.")
+        if not isinstance(self.base_architecture, str) or not re.fullmatch(
+            r"[A-Za-z0-9_.\-]{1,200}", self.base_architecture
+        ):
+            raise ArtifactError(
+                "config.json: base_architecture must be a non-empty string: a timm model name or a transformers class."
+            )
         if not isinstance(self.channels, dict) or not all(
             isinstance(k, str) and _is_count(v) for k, v in self.channels.items()
         ):
