@@ -137,7 +137,7 @@ def _first_non_finite(model: nn.Module) -> str | None:
 
 def _check_model(model: Any) -> None:
     """Refuse what cannot be compressed faithfully, naming the problem: not a module, no weights, a half-precision
-    model (the solves need float32: compress ``model.float()`` and cast the result back), NaN or Inf values."""
+    model (the solves and the stored weights are float32: compress ``model.float()``), NaN or Inf values."""
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(
             f"model must be a torch.nn.Module, got {type(model).__name__}. Create one first, e.g. "
