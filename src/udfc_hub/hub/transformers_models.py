@@ -46,6 +46,22 @@ __all__ = [
 ]
 
 
+def _artifact_folder(source: Any, kwargs: dict[str, Any]) -> Path | None:
+    """The local folder of a ``from_pretrained`` source: the folder itself, or the Hub snapshot holding its
+    config.json and model.safetensors (downloaded now; transformers would fetch the same files next)."""
+    local = Path(str(source))
+    if local.is_dir():
+        return local
+    from huggingface_hub import hf_hub_download
+
+    where = {k: kwargs[k] for k in ("revision", "cache_dir", "token") if kwargs.get(k) is not None}
+    try:
+        hf_hub_download(str(source), "config.json", **where)
+        return Path(hf_hub_download(str(source), "model.safetensors", **where)).parent
+    except Exception:  # not a repo, no network, no such file: transformers' own loader says which
+        return None
+
+
 class _UdfcModelMixin:
     """Shrinks and quantizes the freshly built base model to what ``config.udfc`` describes."""
 
@@ -63,9 +79,9 @@ class _UdfcModelMixin:
         """transformers' loader, made strict: a local folder is validated before anything is allocated, a missing,
         unexpected or mis-shaped tensor is an ``ArtifactError`` (transformers only reports it), and every packed
         layer's float weight is materialised at once (not left on the meta device until the first forward)."""
-        local = Path(str(pretrained_model_name_or_path))
-        if local.is_dir():
-            validate_folder(local)
+        folder = _artifact_folder(pretrained_model_name_or_path, kwargs)
+        if folder is not None:
+            validate_folder(folder)
         want_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
         problems = {k: sorted(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
