@@ -177,7 +177,7 @@ def predict(
             x = (x - mean) / std
         else:
             x = torch.stack([transform(ds.image(i)) for i in range(start, stop)])
-        logits = _logits(model(x))
+        logits = logits_of(model(x))
         if not bool(torch.isfinite(logits).all()):
             raise UdfcError(f"the model gives NaN or infinite logits on images {start}..{stop - 1} of {ds.name}.")
         out.append(logits.topk(min(k, logits.shape[1]), dim=1).indices)
@@ -275,5 +275,6 @@ def compare_accuracy(
     return before, after, card
 
 
-def _logits(out: Any) -> torch.Tensor:
+def logits_of(out: Any) -> torch.Tensor:
+    """The logits of a timm model's output (a tensor) or a transformers model's (``.logits``)."""
     return out.logits if hasattr(out, "logits") else out

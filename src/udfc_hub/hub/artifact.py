@@ -357,6 +357,7 @@ def _clean_pretrained_cfg(src: dict[str, Any]) -> dict[str, Any]:
 
 def _verify_reload(model: nn.Module, folder: Path, twin: bool) -> None:
     """Load ``folder`` as a user would and require the same logits as ``model`` on a small input."""
+    from ..evaluation import logits_of
     from ..profile import default_input_size, input_device_dtype
 
     try:
@@ -376,7 +377,7 @@ def _verify_reload(model: nn.Module, folder: Path, twin: bool) -> None:
     device, dtype = input_device_dtype(model)
     x = torch.randn((1, *default_input_size(model)), generator=torch.Generator().manual_seed(0)).to(device, dtype)
     with torch.inference_mode():
-        ours, theirs = _logits(model.eval()(x)), _logits(loaded.to(device).eval()(x))
+        ours, theirs = logits_of(model.eval()(x)), logits_of(loaded.to(device).eval()(x))
     if ours.shape != theirs.shape or not torch.allclose(ours, theirs, rtol=1e-4, atol=1e-5):
         diff = (ours - theirs).abs().max().item() if ours.shape == theirs.shape else f"shape {tuple(theirs.shape)}"
         raise ArtifactError(
@@ -384,10 +385,6 @@ def _verify_reload(model: nn.Module, folder: Path, twin: bool) -> None:
             "written. The model was probably built with constructor arguments that config.json cannot record "
             "(e.g. act_layer, output_stride, drop rates); create it with timm.create_model(name) defaults."
         )
-
-
-def _logits(out: Any) -> torch.Tensor:
-    return out.logits if hasattr(out, "logits") else out
 
 
 def _umask() -> int:
