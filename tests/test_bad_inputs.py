@@ -15,6 +15,7 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 
 import udfc_hub
 from udfc_hub import ArtifactError, InvalidArgumentError, UdfcError, UnsupportedModelError
@@ -407,6 +408,55 @@ def test_transformers_refuses_a_missing_tensor(tmp_path):
     save_file(state, str(folder / "model.safetensors"))
     with pytest.raises(ArtifactError, match="missing"):
         AutoModelForImageClassification.from_pretrained(folder)
+
+
+# transformers reads these itself before any udfc_hub code runs, and refuses them with its own error; a huge
+# num_classes is parsed by transformers' config class (one label name per class) before that: see the README
+TRANSFORMERS_OWN = {
+    "config a list": ValueError,
+    "config not JSON": OSError,
+    "no weights": OSError,
+    "header lies": SafetensorError,
+    "truncated weights": SafetensorError,
+}
+
+
+@pytest.mark.parametrize("name", sorted(set(TAMPER) - {"huge num_classes"}))
+def test_transformers_refuses_a_tampered_timm_layout_artifact(tmp_path, name):
+    from transformers import AutoModelForImageClassification
+
+    folder = _tampered(tmp_path, name)
+    error, match = (TRANSFORMERS_OWN[name], None) if name in TRANSFORMERS_OWN else (UdfcError, TAMPER[name][1])
+    with pytest.raises(error, match=match):
+        AutoModelForImageClassification.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("suffix", ["conv1.weight_packed", "bn1.running_var", "linear.bias"])
+@pytest.mark.parametrize("folder_found", [True, False])
+def test_transformers_refuses_a_timm_layout_artifact_missing_a_tensor(tmp_path, monkeypatch, suffix, folder_found):
+    # transformers' TimmWrapper fills the tensors itself and only reports what the file lacks: the folder is checked
+    # first, and where it cannot be found (folder_found=False), the model checks what was filled after loading
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForImageClassification
+
+    from udfc_hub.hub import timm_models
+
+    folder = tmp_path / "m"
+    shutil.copytree(TIMM_V1, folder)
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        metadata = f.metadata()
+    state = load_file(str(folder / "model.safetensors"))
+    dropped = next(k for k in state if k.endswith(suffix))
+    state.pop(dropped)
+    save_file(state, str(folder / "model.safetensors"), metadata=metadata)
+    if not folder_found:
+        monkeypatch.setattr(timm_models, "_transformers_checkpoint_folder", lambda: None)
+    match = f"missing \\['{dropped}'\\]" if folder_found else f"lacks 1 tensor.*{dropped}"
+    with pytest.raises(ArtifactError, match=match):
+        AutoModelForImageClassification.from_pretrained(folder)
+    loaded = AutoModelForImageClassification.from_pretrained(TIMM_V1)  # the intact folder still loads
+    assert "init_non_persistent_buffers" not in loaded.timm_model.__dict__
 
 
 def test_transformers_loads_complete_and_resavable(tmp_path):

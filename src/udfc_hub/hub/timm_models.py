@@ -8,6 +8,8 @@ state dict holds packed codes; timm's strict loader then fills everything from `
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from timm.models import build_model_with_cfg, register_model
 from ..adapters import describe_model
 from ..errors import ArtifactError
 from .manifest import BASE_ARG_KEYS, Manifest
-from .validate import check_finite, validate_folder
+from .validate import CONFIG_NAME, WEIGHTS_NAME, building_expected_state, check_finite, validate_folder
 
 __all__ = ["PREFIX", "build_skeleton", "register_compressed", "udfc_name"]
 
@@ -86,7 +88,10 @@ def _make_entrypoint(name: str):
                 f"{name} rebuilds a udfc_hub artifact and needs its model_args; load it with "
                 f"timm.create_model('hf-hub:<repo>', pretrained=True) or 'local-dir:<folder>'."
             )
-        folder = _source_folder(kwargs.get("pretrained_cfg")) if pretrained else None
+        if pretrained:
+            folder = _source_folder(kwargs.get("pretrained_cfg"))
+        else:  # transformers' TimmWrapper builds with pretrained=False, then loads the weights itself
+            folder = None if building_expected_state() else _transformers_checkpoint_folder()
         if folder is not None:  # untrusted input: config and weights header checked before anything is allocated
             validate_folder(folder)
         try:
@@ -101,12 +106,64 @@ def _make_entrypoint(name: str):
             ) from e
         if pretrained:
             check_finite(model.state_dict(), _weights_location(kwargs.get("pretrained_cfg")))
+        elif not building_expected_state():
+            where = f"{folder}/{WEIGHTS_NAME}" if folder is not None else "the loaded weights"
+            model.init_non_persistent_buffers = lambda: _check_filled_by_transformers(model, where)
         return model
 
     entrypoint.__name__ = entrypoint.__qualname__ = name
     entrypoint.__module__ = __name__
     entrypoint.__doc__ = f"A udfc_hub-compressed {name[len(PREFIX) :]} (skeleton from config.json model_args)."
     return entrypoint
+
+
+def _transformers_checkpoint_folder() -> Path | None:
+    """The folder that a ``transformers`` ``from_pretrained`` up the call stack is loading, if there is one.
+
+    transformers' ``TimmWrapper`` builds the timm model with ``pretrained=False`` and no word of where the weights
+    come from; it has resolved (downloaded) ``model.safetensors`` before it builds the model, into the local
+    ``checkpoint_files`` of ``PreTrainedModel.from_pretrained``. Reading that frame is the only hook transformers
+    offers to check the folder before the config's shapes are allocated. Not found (a model built from a config
+    alone, another transformers version): ``None``, and the load report plus ``_check_filled_by_transformers``
+    remain.
+    """
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:
+        return None
+    code = getattr(inspect.unwrap(PreTrainedModel.from_pretrained.__func__), "__code__", None)
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code is not code:
+        frame = frame.f_back
+    files = frame.f_locals.get("checkpoint_files") if frame is not None else None
+    if not files or not isinstance(files, list | tuple):
+        return None
+    folder = Path(files[0]).parent
+    return folder if (folder / CONFIG_NAME).is_file() else None
+
+
+def _check_filled_by_transformers(model: nn.Module, where: str) -> None:
+    """Refuse a transformers load that left tensors of the artifact unfilled or filled them with non-finite values.
+
+    transformers' ``TimmWrapper`` loads ``model.safetensors`` itself and only prints a report for tensors the file
+    lacks, which it then initialises at random. It marks every tensor it loaded with ``_is_hf_initialized`` and,
+    once loading is done, calls each module's ``init_non_persistent_buffers`` (the root module last): here a model
+    in which some tensors were loaded and others not is refused. A model built from a config alone (nothing
+    loaded) is left as it is. The check runs once and then removes itself (a closure kept on the instance would
+    stop the model from being pickled).
+    """
+    model.__dict__.pop("init_non_persistent_buffers", None)
+    tensors = model.state_dict(keep_vars=True)
+    loaded = [name for name, t in tensors.items() if getattr(t, "_is_hf_initialized", False)]
+    missing = [name for name, t in tensors.items() if not getattr(t, "_is_hf_initialized", False)]
+    if loaded and missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ArtifactError(
+            f"the weights file lacks {len(missing)} tensor(s) that config.json describes ({shown}): the artifact is "
+            f"truncated or was edited; re-download it or rebuild it with udfc_hub.save_pretrained"
+        )
+    if loaded:
+        check_finite(model.state_dict(), where)
 
 
 def _source_folder(cfg: Any) -> Path | None:

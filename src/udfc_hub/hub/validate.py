@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ __all__ = ["validate_folder", "read_header", "check_finite", "expected_state"]
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 _MAX_HEADER = 64 << 20  # safetensors caps its header at 100 MB; ours are a few hundred kB
+_BUILDING_EXPECTED: ContextVar[bool] = ContextVar("udfc_building_expected", default=False)
 _DTYPES = {"U8": torch.uint8, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64}
 
 
@@ -83,12 +85,21 @@ def expected_state(config: dict[str, Any]) -> tuple[nn.Module, dict[str, torch.T
             kwargs = {
                 k: config[k] for k in ("num_classes", "global_pool") if k in config and k not in config["model_args"]
             }
-            model = timm.create_model(config["architecture"], **kwargs, **config["model_args"])
+            token = _BUILDING_EXPECTED.set(True)
+            try:
+                model = timm.create_model(config["architecture"], **kwargs, **config["model_args"])
+            finally:
+                _BUILDING_EXPECTED.reset(token)
             return model, model.state_dict()
     except ArtifactError:
         raise
     except Exception as e:  # a config that names layers, widths or arguments the architecture does not have
         raise ArtifactError(f"config.json does not describe a buildable model ({type(e).__name__}: {e}).") from None
+
+
+def building_expected_state() -> bool:
+    """True while ``expected_state`` builds a model (an entrypoint called then must not validate again)."""
+    return _BUILDING_EXPECTED.get()
 
 
 def validate_folder(folder: str | Path) -> dict[str, Any]:
