@@ -70,3 +70,15 @@ def test_every_entry_point_resolves_to_compress_defaults():
         assert params["config"].default is None
     args = build_parser().parse_args(["compress", "resnet18", "--out", "x"])
     assert CompressionConfig.build(**config_options(args)) == CompressionConfig.build()
+
+
+def test_sweep_cells_resolve_to_compress_defaults():
+    # a sweep sets only its grid (prune ratio, bits, method); every other option is compress's default, from the
+    # Python API and from the CLI alike
+    from udfc_hub.sweeps import plan
+
+    (cell,) = plan(["resnet18"], [0.3], [6], ["udfc+"], None)
+    assert cell.config == CompressionConfig.build(prune_ratio=0.3, bits=6)
+    assert inspect.signature(udfc_hub.sweep).parameters["methods"].default == (CompressionConfig().method,)
+    args = build_parser().parse_args(["sweep", "resnet18", "--out", "x"])
+    assert config_options(args) == {} and args.methods == [CompressionConfig().method]

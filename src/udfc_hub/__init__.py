@@ -44,8 +44,9 @@ _EXPORTS = {
     "CompressionReport": "report",
     "CompressionResult": "report",
     "LayerReport": "report",
+    "sweep": "sweeps",
 }
-_SUBMODULES = ("adapters", "api", "config", "engine", "evaluation", "hub", "models", "ops", "probe", "steps")
+_SUBMODULES = ("adapters", "api", "config", "engine", "evaluation", "hub", "models", "ops", "probe", "steps", "sweeps")
 
 __all__ = [
     "ArtifactError",
@@ -77,6 +78,7 @@ __all__ = [
     "register_adapter",
     "registered_adapter",
     "save_pretrained",
+    "sweep",
     "unregister_adapter",
 ]
 

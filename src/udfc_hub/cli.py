@@ -1,4 +1,4 @@
-"""The ``udfc-hub`` command line: compress, eval, inspect, push, demo.
+"""The ``udfc-hub`` command line: compress, eval, inspect, push, sweep, demo.
 
 Exit codes: 0 success, 2 bad usage (arguments, unknown model, missing files), 1 any other error. Errors print one
 or two plain lines; ``--debug`` adds the traceback.
@@ -11,6 +11,7 @@ import json
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,11 @@ EXAMPLES = {
     "push": """examples:
   udfc-hub push resnet34-udfc me/resnet34-udfc-p30-w6
   udfc-hub push resnet34-udfc me/resnet34-udfc-p30-w6 --create-pr --message "6-bit version"
+""",
+    "sweep": """examples:
+  udfc-hub sweep resnet18 resnet50 --prune 0,0.3 --bits 4,6 --data imagenet_sample/ --out sweep --select max_drop=1
+  udfc-hub sweep cifar_resnet56=resnet56-4bfd9763.th --prune 0.3,0.5 --bits 4 --data cifar10.npz --out s --engine ray
+  udfc-hub sweep resnet50 --bits 4,6,8 --data val/ --out s --select max_drop=1 --push-org me --engine ray --address auto
 """,
     "demo": """examples:
   udfc-hub demo                                      offline: EfficientNet-Lite0, compressed and reloaded
@@ -90,6 +96,55 @@ def _bits(text: str) -> int | None:
     return value
 
 
+def _sweep_options() -> tuple[str, ...]:
+    """The compression options a sweep applies to every cell (its grid takes prune ratio, bits and method)."""
+    from .config import CompressionConfig
+
+    return tuple(n for n in CompressionConfig.option_names() if n not in ("prune_ratio", "bits", "method"))
+
+
+def _list(item: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    def parse(text: str) -> list[Any]:
+        values = [item(part.strip()) for part in text.split(",") if part.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError("give at least one value")
+        return list(dict.fromkeys(values))
+
+    return parse
+
+
+def _method(text: str) -> str:
+    from .config import METHODS
+
+    if text not in METHODS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a method; choose from {', '.join(METHODS)}")
+    return text
+
+
+def _select(text: str) -> float:
+    key, _, value = text.partition("=")
+    try:
+        drop = float(value)
+    except ValueError:
+        drop = float("nan")
+    if key.strip() != "max_drop" or not 0 <= drop < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give max_drop=X, X the top-1 points one may lose, e.g. max_drop=1")
+    return drop
+
+
+def _size(text: str) -> int:
+    units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+    number = text.strip().lower().rstrip("bkmgi ")
+    unit = text.strip().lower()[len(number) :].strip()
+    try:
+        value = float(number) * units[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; give e.g. 4GB or 512MiB") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive size")
+    return int(value)
+
+
 def add_config_args(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
     """Flags for the ``CompressionConfig`` options ``names`` (default: all), generated from the fields.
 
@@ -134,6 +189,7 @@ def config_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     from ._version import __version__
+    from .config import CompressionConfig
 
     common = _Parser(add_help=False)
     common.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
@@ -191,6 +247,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to main")
     p.add_argument("--revision", help="branch to commit to (default: main)")
     p.add_argument("--message", help="commit message")
+
+    p = add("sweep", "compress, evaluate and save a grid of models x prune ratios x bits x methods (on Ray too)")
+    p.add_argument(
+        "models", nargs="+", metavar="MODEL", help="timm name, hf-hub:/local-dir: source, or NAME=CHECKPOINT"
+    )
+    p.add_argument("--prune", dest="prune_ratios", type=_list(_ratio), default=[0.0], metavar="R,R",
+                   help="prune ratios, comma-separated (default: 0)")  # fmt: skip
+    p.add_argument("--bits", dest="bit_widths", type=_list(_bits), default=[None], metavar="K,K",
+                   help="weight bit widths, comma-separated; 'none' for float (default: none)")  # fmt: skip
+    method = CompressionConfig().method
+    p.add_argument("--methods", type=_list(_method), default=[method], metavar="M,M",
+                   help=f"methods, comma-separated (default: {method})")  # fmt: skip
+    add_config_args(p, _sweep_options())
+    p.add_argument("--data", metavar="PATH", help="evaluation images (.npz, labels.tsv folder, ImageFolder)")
+    p.add_argument("--limit", type=_positive, metavar="N", help="evaluate N evenly spaced images only")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for results.jsonl (a rerun skips finished cells), results.md, pareto.png")  # fmt: skip
+    p.add_argument("--save", action="store_true", help="also save every cell's artifact under DIR/artifacts/")
+    p.add_argument("--select", metavar="max_drop=X", type=_select,
+                   help="per model, pick the smallest artifact within X top-1 points of the float model")  # fmt: skip
+    p.add_argument("--push-org", metavar="ORG", help="publish the selected cells to ORG/<pattern> (needs --select)")
+    p.add_argument("--repo-pattern", metavar="PATTERN", help="repo name pattern: {model} {prune} {bits} {method} "
+                   "(default: {model}-udfc-p{prune}-w{bits}-{method})")  # fmt: skip
+    p.add_argument("--private", action="store_true", help="create the repos as private")
+    p.add_argument("--engine", choices=("sequential", "ray"), default="sequential",
+                   help="where cells run (default: sequential, in this process)")  # fmt: skip
+    p.add_argument("--address", metavar="ADDR", help="with --engine ray: 'auto' or ray://host:port (default: local)")
+    p.add_argument("--cpus-per-task", type=float, default=1, metavar="N", help="CPUs each Ray task declares (1)")
+    p.add_argument("--memory-per-task", type=_size, metavar="SIZE", help="memory each Ray task declares, e.g. 4GB")
 
     p = add("demo", "offline demo: EfficientNet-Lite0 (ImageNet weights), compressed, saved, reloaded")
     p.add_argument("--out", default="udfc-demo-efficientnet-lite0", metavar="DIR", help="folder to write")
@@ -587,7 +672,68 @@ def cmd_demo(args) -> dict[str, Any]:
     }
 
 
-COMMANDS = {"compress": cmd_compress, "eval": cmd_eval, "inspect": cmd_inspect, "push": cmd_push, "demo": cmd_demo}
+def cmd_sweep(args) -> dict[str, Any]:
+    from .sweeps import DEFAULT_REPO_PATTERN, sweep
+
+    if args.push_org and args.select is None:
+        raise UsageError("--push-org publishes the selected cells: give --select max_drop=X and --data too")
+    if args.select is not None and not args.data:
+        raise UsageError("--select chooses by accuracy: give --data with evaluation images")
+    if args.data and not Path(args.data).exists():
+        raise UsageError(f"--data {args.data} does not exist")
+    result = sweep(
+        args.models,
+        prune_ratios=args.prune_ratios,
+        bits=args.bit_widths,
+        methods=args.methods,
+        options=config_options(args),
+        data=args.data,
+        limit=args.limit,
+        out=args.out,
+        save=args.save,
+        max_drop=args.select,
+        push_org=args.push_org,
+        repo_pattern=args.repo_pattern or DEFAULT_REPO_PATTERN,
+        private=args.private,
+        engine=args.engine,
+        address=args.address,
+        cpus_per_task=args.cpus_per_task,
+        memory_per_task=args.memory_per_task,
+        progress=not args.quiet,
+    )
+    rows = [("cell", "status", "file", "top-1", "drop", "agreement")]
+    chosen = {r["key"] for r in result.selected}
+    for r in result.rows:
+        status = "selected" if r["key"] in chosen else r["status"]
+        rows.append((r["cell"], status, _mb(r.get("file_bytes")), _pct(r.get("top1")), _pct(r.get("drop")),
+                     _pct(r.get("agreement"))))  # fmt: skip
+    _say(args, _table(rows))
+    failed = [r for r in result.rows if r["status"] != "ok"]
+    for r in failed[:5]:
+        _say(args, f"{r['cell']} failed: {r['error']}")
+    _say(args, f"{len(result.rows)} cells in {result.seconds:.1f} s ({len(failed)} failed); table {result.table}")
+    for key, url in result.pushed.items():
+        _say(args, f"pushed {next(r['repo_id'] for r in result.rows if r['key'] == key)}: {url}")
+    return {
+        "ok": not failed,
+        "table": str(result.table),
+        "files": {k: str(v) for k, v in result.files.items()},
+        "cells": len(result.rows),
+        "failed": len(failed),
+        "selected": [r["cell"] for r in result.selected],
+        "pushed": result.pushed,
+        "seconds": result.seconds,
+    }
+
+
+COMMANDS = {
+    "compress": cmd_compress,
+    "eval": cmd_eval,
+    "inspect": cmd_inspect,
+    "push": cmd_push,
+    "sweep": cmd_sweep,
+    "demo": cmd_demo,
+}
 
 
 def _entry() -> None:
