@@ -68,6 +68,7 @@ def test_plan_is_the_grid_model_major_with_every_config_checked(models):
         (dict(prune_ratios=[0.0], bits=[None]), "nothing to sweep"),
         (dict(engine="spark"), "engine must be one of"),
         (dict(cpus_per_task=0), "cpus_per_task"),
+        (dict(batch_size=0), "batch_size"),
         (dict(max_drop=float("nan")), "max_drop"),
         (dict(save=True), "needs an output folder"),
         (dict(push_org="me", out="x"), "give data"),
@@ -103,7 +104,7 @@ def test_sequential_sweep_rows_match_single_compress_calls(clean, models, data):
 def test_the_float_model_runs_once_per_model(models, data, monkeypatch, tmp_path):
     calls = []
     real = sweep_module.prepare_model
-    monkeypatch.setattr(sweep_module, "prepare_model", lambda m, d: calls.append(m.label) or real(m, d))
+    monkeypatch.setattr(sweep_module, "prepare_model", lambda m, *a: calls.append(m.label) or real(m, *a))
     sweep(models, **GRID, data=data, progress=False)
     assert calls == ["cifar_resnet20", "cifar_resnet32"]
 

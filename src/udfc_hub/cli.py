@@ -262,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p, _sweep_options())
     p.add_argument("--data", metavar="PATH", help="evaluation images (.npz, labels.tsv folder, ImageFolder)")
     p.add_argument("--limit", type=_positive, metavar="N", help="evaluate N evenly spaced images only")
+    p.add_argument("--batch-size", type=_positive, default=64, metavar="N", help="images per batch (default 64)")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="folder for results.jsonl (a rerun skips finished cells), results.md, pareto.png")  # fmt: skip
     p.add_argument("--save", action="store_true", help="also save every cell's artifact under DIR/artifacts/")
@@ -689,6 +690,7 @@ def cmd_sweep(args) -> dict[str, Any]:
         options=config_options(args),
         data=args.data,
         limit=args.limit,
+        batch_size=args.batch_size,
         out=args.out,
         save=args.save,
         max_drop=args.select,

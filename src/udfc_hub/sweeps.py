@@ -168,7 +168,7 @@ def _peak_rss_mb() -> float:
     return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)
 
 
-def prepare_model(model: ModelSource, data: Any | None) -> tuple[Any, dict[str, Any] | None]:
+def prepare_model(model: ModelSource, data: Any | None, batch_size: int = 64) -> tuple[Any, dict[str, Any] | None]:
     """Load ``model`` and, with ``data``, its float predictions and scores (once per model, not per cell)."""
     from .api import load_model
     from .evaluation import _check_labels, _scores, predict
@@ -177,7 +177,7 @@ def prepare_model(model: ModelSource, data: Any | None) -> tuple[Any, dict[str, 
     if data is None:
         return base, None
     _check_labels(data, base)
-    pred = predict(base, data, batch_size=250)
+    pred = predict(base, data, batch_size=batch_size)
     return base, {"pred": pred[:, 0].clone(), "scores": _scores(data, pred, None)}
 
 
@@ -188,12 +188,13 @@ def run_cell(
     data: Any | None,
     artifacts: Path | None,
     repo_id: str | None,
+    batch_size: int = 64,
 ) -> dict[str, Any]:
     """Compress, evaluate and (with ``artifacts``) save one cell; returns its row. Errors become the row's error."""
     row = _row_head(cell)
     start = time.perf_counter()
     try:
-        row.update(_run_cell(cell, base, reference, data, artifacts, repo_id))
+        row.update(_run_cell(cell, base, reference, data, artifacts, repo_id, batch_size))
         row["status"] = "ok"
     except Exception as e:  # noqa: BLE001  (a failing cell records its error; the sweep goes on)
         row["status"] = "error"
@@ -222,7 +223,7 @@ def _row_head(cell: Cell) -> dict[str, Any]:
     }
 
 
-def _run_cell(cell, base, reference, data, artifacts, repo_id) -> dict[str, Any]:
+def _run_cell(cell, base, reference, data, artifacts, repo_id, batch_size) -> dict[str, Any]:
     from .engine import compress
     from .evaluation import _scores, predict
     from .hub.artifact import artifact_size, save_pretrained
@@ -241,7 +242,7 @@ def _run_cell(cell, base, reference, data, artifacts, repo_id) -> dict[str, Any]
     accuracy = None
     if data is not None:
         t0 = time.perf_counter()
-        pred = predict(result.model, data, batch_size=250)
+        pred = predict(result.model, data, batch_size=batch_size)
         scores = _scores(data, pred, reference["pred"] if reference else None)
         before = reference["scores"] if reference else {}
         out.update(
@@ -269,16 +270,16 @@ def _run_cell(cell, base, reference, data, artifacts, repo_id) -> dict[str, Any]
 # --- engines ----------------------------------------------------------------------------------------------------
 
 
-def _run_sequential(todo: dict[ModelSource, list[Cell]], data, artifacts, repos, on_row, **_) -> None:
+def _run_sequential(todo: dict[ModelSource, list[Cell]], data, artifacts, repos, on_row, batch_size: int) -> None:
     for model, cells in todo.items():
         try:
-            base, reference = prepare_model(model, data)
+            base, reference = prepare_model(model, data, batch_size)
         except Exception as e:  # noqa: BLE001  (a model that cannot load fails its cells, not the sweep)
             for cell in cells:
                 on_row(_failed(cell, e))
             continue
         for cell in cells:
-            on_row(run_cell(cell, base, reference, data, artifacts, repos.get(cell.key)))
+            on_row(run_cell(cell, base, reference, data, artifacts, repos.get(cell.key), batch_size))
         del base
 
 
@@ -298,17 +299,17 @@ def _ray_module():
     return ray
 
 
-def _ray_prepare(model: ModelSource, data):
+def _ray_prepare(model: ModelSource, data, batch_size: int):
     import torch
 
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     from . import register
 
     register()
-    return prepare_model(model, data)
+    return prepare_model(model, data, batch_size)
 
 
-def _ray_cell(cell: Cell, base, reference, data, artifacts, repo_id):
+def _ray_cell(cell: Cell, base, reference, data, artifacts, repo_id, batch_size: int):
     import torch
 
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
@@ -316,7 +317,7 @@ def _ray_cell(cell: Cell, base, reference, data, artifacts, repo_id):
 
     register()
     _maybe_die(cell.key)
-    return run_cell(cell, base, reference, data, artifacts, repo_id)
+    return run_cell(cell, base, reference, data, artifacts, repo_id, batch_size)
 
 
 def _maybe_die(key: str) -> None:
@@ -354,6 +355,7 @@ def _run_ray(
     artifacts,
     repos,
     on_row,
+    batch_size: int,
     *,
     address: str | None,
     cpus_per_task: float,
@@ -371,9 +373,10 @@ def _run_ray(
     pending: dict[Any, Cell] = {}
     try:
         for model, cells in todo.items():
-            base_ref, reference_ref = prepare.remote(model, data_ref)  # the model enters the object store once
+            base_ref, reference_ref = prepare.remote(model, data_ref, batch_size)  # into the object store once
             for cell in cells:
-                ref = cell_task.remote(cell, base_ref, reference_ref, data_ref, artifacts, repos.get(cell.key))
+                repo = repos.get(cell.key)
+                ref = cell_task.remote(cell, base_ref, reference_ref, data_ref, artifacts, repo, batch_size)
                 pending[ref] = cell
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -512,20 +515,24 @@ def pareto_plot(rows: list[dict[str, Any]], selected: list[dict[str, Any]], path
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for model in sorted({r["model"] for r in ok}):
-        pts = sorted((r["file_bytes"] / 1e6, r["top1"]) for r in ok if r["model"] == model)
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=12, alpha=0.4)
+        mine = [r for r in ok if r["model"] == model]
+        pts = sorted(((r["file_bytes"] / 1e6, r["top1"]) for r in mine), key=lambda p: (p[0], -p[1]))
         front, best = [], -math.inf
-        for size, top1 in pts:
+        for size, top1 in pts:  # smallest first: a point is on the front if it beats every smaller one
             if top1 > best:
                 front.append((size, top1))
                 best = top1
-        ax.plot([p[0] for p in front], [p[1] for p in front], marker="o", label=model)
+        (line,) = ax.plot([p[0] for p in front], [p[1] for p in front], marker="o", label=model)
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=12, alpha=0.4, color=line.get_color())
+        base = mine[0]
+        if base.get("base_top1") is not None and base.get("float_bytes"):
+            ax.scatter([base["float_bytes"] / 1e6], [base["base_top1"]], marker="*", s=120, color=line.get_color())
     for r in selected:
         ax.scatter([r["file_bytes"] / 1e6], [r["top1"]], s=140, facecolors="none", edgecolors="black")
     ax.set_xscale("log")
     ax.set_xlabel("artifact size (MB, model.safetensors)")
     ax.set_ylabel("top-1 (%)")
-    ax.set_title("sweep: accuracy against size (lines: Pareto fronts, circles: selected)")
+    ax.set_title("top-1 against size (lines: Pareto fronts, stars: float models, circles: selected)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -572,6 +579,7 @@ def sweep(
     options: dict[str, Any] | None = None,
     data: str | os.PathLike | Any | None = None,
     limit: int | None = None,
+    batch_size: int = 64,
     out: str | os.PathLike | None = None,
     save: bool = False,
     max_drop: float | None = None,
@@ -593,7 +601,8 @@ def sweep(
         models: timm names, ``hf-hub:`` / ``local-dir:`` sources, or ``"NAME=CHECKPOINT"`` (weights from a file).
         prune_ratios, bits, methods: the grid (``bits=None``: float weights); ``options``: any other
             ``compress`` option, the same for every cell.
-        data: evaluation images (see ``udfc_hub.evaluate``); ``limit=N`` takes N evenly spaced images.
+        data: evaluation images (see ``udfc_hub.evaluate``); ``limit=N`` takes N evenly spaced images;
+            ``batch_size`` images per forward pass (activation memory grows with it).
         out: folder of the results table (``results.jsonl``, appended as cells finish; a rerun skips the cells
             already there), the markdown table and the Pareto plot; with ``save=True`` also ``artifacts/<cell>/``.
         max_drop: select, per model, the smallest artifact within ``max_drop`` top-1 points of the float model.
@@ -612,6 +621,8 @@ def sweep(
     start = time.perf_counter()
     cells = plan(models, prune_ratios, bits, methods, options)
     _check_engine(engine, cpus_per_task, memory_per_task)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}.")
     _check_outputs(out, save, data, max_drop, push_org)
     repos: dict[str, str] = {}
     if push_org is not None:
@@ -635,9 +646,9 @@ def sweep(
     try:
         if engine == "ray":
             ray_options = dict(cpus_per_task=cpus_per_task, memory_per_task=memory_per_task, max_retries=max_retries)
-            _run_ray(todo, eval_data, artifacts, repos, sink.arrived, address=address, **ray_options)
+            _run_ray(todo, eval_data, artifacts, repos, sink.arrived, batch_size, address=address, **ray_options)
         else:
-            _run_sequential(todo, eval_data, artifacts, repos, sink.arrived)
+            _run_sequential(todo, eval_data, artifacts, repos, sink.arrived, batch_size)
     finally:
         sink.close()
     ordered = [rows[c.key] for c in cells if c.key in rows]
