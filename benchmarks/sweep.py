@@ -42,7 +42,8 @@ MAX_DROP = 10.0  # the selection's budget (top-1 points): at these ratios no cel
 
 
 def thread_scaling(data: Path, limit: int | None) -> dict:
-    """Evaluation time of the fixture cifar_resnet56 with 1 thread and with all cores (interleaved, best of 3)."""
+    """Evaluation time of the fixture cifar_resnet56 with 1 thread and with all cores (interleaved, best of 3),
+    on 2000 images (or ``limit``)."""
     import torch
 
     from udfc_hub.evaluation import load_eval_data, predict
@@ -62,13 +63,14 @@ def thread_scaling(data: Path, limit: int | None) -> dict:
             "all_threads_s": round(best[threads], 2), "ratio": round(best[1] / best[threads], 2)}  # fmt: skip
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, help="evaluate N evenly spaced images only")
+    ap.add_argument("--models", nargs="+", choices=sorted(CHECKPOINTS), default=list(CHECKPOINTS))
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--from-json", action="store_true", help="only rewrite the tables and plot from sweep.json")
     ap.add_argument("--thread-scaling", action="store_true", help="only measure it again, into sweep.json")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.from_json or args.thread_scaling:
         out = json.loads((args.out / "sweep.json").read_text())
         if args.thread_scaling:
@@ -80,7 +82,7 @@ def main() -> int:
     if missing:
         print(f"fixtures missing ({missing[0]}); set UDFC_FIXTURES", file=sys.stderr)
         return 2
-    models = [f"{name}={WEIGHTS / ckpt}" for name, ckpt in CHECKPOINTS.items()]
+    models = [f"{name}={WEIGHTS / CHECKPOINTS[name]}" for name in args.models]
     work = Path(tempfile.mkdtemp(prefix="udfc-sweep-bench-"))
     runs = {}
     for engine in ("sequential", "ray"):
@@ -97,7 +99,7 @@ def main() -> int:
     seq, ray_ = runs["sequential"][0], runs["ray"][0]
     differing = [k for k, v in computed(seq.rows).items() if computed(ray_.rows).get(k) != v]
     by_model = []
-    for name in CHECKPOINTS:
+    for name in args.models:
         rows = [r for r in seq.rows if r["model"] == name]
         by_model.append(
             {
@@ -110,7 +112,7 @@ def main() -> int:
             }
         )
     out = {
-        "command": "python benchmarks/sweep.py" + (f" --limit {args.limit}" if args.limit else ""),
+        "command": " ".join(["python benchmarks/sweep.py", *(sys.argv[1:] if argv is None else argv)]),
         "udfc_hub": udfc_hub.__version__,
         "cpus": os.cpu_count(),
         "cells": len(seq.rows),
@@ -142,8 +144,8 @@ def report(out: dict, folder: Path) -> None:
     md = [
         "# Sweep: the sequential engine against Ray on this machine",
         "",
-        f"`{out['command']}`: {out['cells']} cells (4 fixture CIFAR ResNets x 3 prune ratios x 2 bit widths x "
-        f"2 methods), {out['images']} images each, {out['cpus']} CPUs.",
+        f"`{out['command']}`: {out['cells']} cells ({len(out['per_model'])} fixture CIFAR ResNets x 3 prune ratios x "
+        f"2 bit widths x 2 methods), {out['images']} images each, {out['cpus']} CPUs.",
         "",
         "| engine | wall time (s) |",
         "|---|---|",

@@ -32,7 +32,7 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def one(model: str, data: Path) -> dict:
+def one(model: str, data: Path, images: int) -> dict:
     """Run in the child process: one cell of ``model``; returns its measurements."""
     import time
 
@@ -55,7 +55,7 @@ def one(model: str, data: Path) -> dict:
         prune_ratios=[0.3],
         bits=[6],
         data=data,
-        limit=IMAGES,
+        limit=images,
         out=work / "out",
         save=True,
         progress=False,
@@ -109,16 +109,17 @@ def subprocess_zoo() -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--models", nargs="+", default=list(MODELS))
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--zoo", action="store_true", help="also count the parameters of timm's pretrained zoo")
-    args = ap.parse_args()
+    ap.add_argument("--images", type=int, default=IMAGES, help=f"images per evaluation (default {IMAGES})")
+    args = ap.parse_args(argv)
     data = FIXTURES / "imagenet_sample"
     if args.child:
-        print(json.dumps(zoo_sizes() if args.child == ":zoo" else one(args.child, data)))
+        print(json.dumps(zoo_sizes() if args.child == ":zoo" else one(args.child, data, args.images)))
         return 0
     if not (data / "labels.tsv").is_file():
         print(f"fixture {data} missing; set UDFC_FIXTURES", file=sys.stderr)
@@ -131,8 +132,8 @@ def main() -> int:
             return 1
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
-    command = "python benchmarks/sweep_cells.py" + (" --zoo" if args.zoo else "")
-    out = {"command": command, "cpus": os.cpu_count(), "images": IMAGES, "rows": rows}
+    command = " ".join(["python benchmarks/sweep_cells.py", *(sys.argv[1:] if argv is None else argv)])
+    out = {"command": command, "cpus": os.cpu_count(), "images": args.images, "rows": rows}
     if args.zoo:
         out["zoo"] = zoo = subprocess_zoo()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -140,7 +141,7 @@ def main() -> int:
     md = [
         "# One sweep cell by model size (30 % + 6-bit, udfc+, random weights)",
         "",
-        f"`{out['command']}`, {out['cpus']} CPUs, {IMAGES} ImageNet-sample images per evaluation, each model in a "
+        f"`{out['command']}`, {out['cpus']} CPUs, {args.images} ImageNet-sample images per evaluation, each model in a "
         "fresh process; memory is the peak resident set above the imports (udfc_hub, torch, timm: "
         f"{rows[0]['import_rss_mb']} MB).",
         "",

@@ -58,3 +58,28 @@ def test_speed_smoke(tmp_path):
     assert result["compress"][0]["compress_seconds"] > 0 and result["compress"][0]["compress_peak_mb"] > 0
     assert result["latency"][0]["speedup"] > 0
     assert "| resnet18 | 1 |" in (tmp_path / "speed.md").read_text()
+
+
+def test_sweep_smoke(tmp_path):
+    # both engines on one model's 12 cells: identical rows, then the report again from the JSON alone
+    require(CIFAR_TEST)
+    pytest.importorskip("ray", reason='pip install -e ".[ray]" for the Ray engine')
+    pytest.importorskip("matplotlib", reason="pip install -e '.[bench]' for the plots")
+    bench = _load("sweep")
+    assert bench.main(["--models", "cifar_resnet20", "--limit", "20", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "sweep.json").read_text())
+    assert result["identical_rows"] and result["cells"] == 12 and result["images"] == 20
+    assert result["thread_scaling"]["images"] == 20 and result["speedup"] > 0
+    (tmp_path / "sweep.md").unlink()
+    assert bench.main(["--from-json", "--out", str(tmp_path)]) == 0
+    assert "| cifar_resnet20 | udfc+ | 30% | 4 |" in (tmp_path / "sweep.md").read_text()
+    assert (tmp_path / "sweep_pareto.png").stat().st_size > 1000
+
+
+def test_sweep_cells_smoke(tmp_path):
+    require(FIXTURES / "imagenet_sample" / "labels.tsv")
+    bench = _load("sweep_cells")
+    assert bench.main(["--models", "resnet18", "--images", "4", "--out", str(tmp_path)]) == 0
+    (row,) = json.loads((tmp_path / "sweep_cells.json").read_text())["rows"]
+    assert row["model"] == "resnet18" and row["params_after"] < row["params"]
+    assert row["artifact_mb"] < row["float_mb"] / 4 and row["peak_rss_mb_above_imports"] > 0
