@@ -53,7 +53,11 @@ def test_plan_is_the_grid_model_major_with_every_config_checked(models):
     # 2 models x (2 ratios x 3 bit widths - the float base itself) x 2 methods
     assert len(cells) == 2 * 5 * 2 and len({c.key for c in cells}) == len(cells)
     assert [c.model.label for c in cells[:10]] == ["cifar_resnet20"] * 10
-    assert cells[0].name == "cifar_resnet20-p0-w4-udfc+" and cells[0].config.granularity == "tensor"
+    assert cells[0].config.granularity == "tensor"
+    # a non-default option adds a short hash to the name (artifact folders of two such sweeps never collide)
+    assert cells[0].name.startswith("cifar_resnet20-p0-w4-udfc+-") and len(cells[0].name) == 33
+    (plain,) = plan(models[:1], [0.3], [4], ["udfc+"], None)
+    assert plain.name == "cifar_resnet20-p30-w4-udfc+"
 
 
 @pytest.mark.parametrize(

@@ -99,8 +99,9 @@ def _bits(text: str) -> int | None:
 def _sweep_options() -> tuple[str, ...]:
     """The compression options a sweep applies to every cell (its grid takes prune ratio, bits and method)."""
     from .config import CompressionConfig
+    from .sweeps import GRID_FIELDS
 
-    return tuple(n for n in CompressionConfig.option_names() if n not in ("prune_ratio", "bits", "method"))
+    return tuple(n for n in CompressionConfig.option_names() if n not in GRID_FIELDS)
 
 
 def _list(item: Callable[[str], Any]) -> Callable[[str], list[Any]]:

@@ -17,6 +17,7 @@ a cell that raises records its error and the sweep goes on. Both engines give th
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import math
@@ -42,6 +43,7 @@ DEFAULT_REPO_PATTERN = "{model}-udfc-p{prune}-w{bits}-{method}"
 # fault injection for tests: "SUBSTRING:MARKER" kills the Ray worker running the first cell whose key contains
 # SUBSTRING, once (MARKER is a file created just before, so the retry runs normally)
 KILL_ONCE_ENV = "UDFC_SWEEP_KILL_ONCE"
+GRID_FIELDS = ("prune_ratio", "bits", "method")  # the options a sweep varies; every other one is the same in all cells
 # the fields of a row that say how long a cell took and where it ran, not what it computed
 TIMING_FIELDS = ("compress_s", "eval_s", "cell_s", "peak_rss_mb", "worker", "traceback")
 
@@ -100,9 +102,16 @@ class Cell:
 
     @property
     def name(self) -> str:
-        """A short readable name, e.g. ``cifar_resnet56-p30-w4-udfc+``: the artifact's folder name."""
+        """A short readable name, e.g. ``cifar_resnet56-p30-w4-udfc+``: the artifact's folder name. Options other
+        than the grid's that differ from their defaults add a short hash, so sweeps with other options that share
+        an output folder never overwrite each other's artifacts."""
         c = self.config
-        return f"{self.model.label}-p{round(c.prune_ratio * 100)}-w{c.bits or 'fp'}-{c.method}"
+        name = f"{self.model.label}-p{round(c.prune_ratio * 100)}-w{c.bits or 'fp'}-{c.method}"
+        default = CompressionConfig().to_dict()
+        extra = {k: v for k, v in c.to_dict().items() if k not in GRID_FIELDS and v != default[k]}
+        if extra:
+            name += "-" + hashlib.sha1(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:6]
+        return name
 
 
 @dataclasses.dataclass
@@ -145,7 +154,7 @@ def plan(
     if len({s.label for s in sources}) != len(sources):
         raise InvalidArgumentError("two models share a name; sweep each model once.")
     options = dict(options or {})
-    clash = sorted(set(options) & {"prune_ratio", "bits", "method"})
+    clash = sorted(set(options) & set(GRID_FIELDS))
     if clash:
         raise InvalidArgumentError(f"give {', '.join(clash)} as the sweep's own lists, not in options.")
     grid = itertools.product(
