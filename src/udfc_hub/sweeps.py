@@ -644,7 +644,7 @@ def sweep(
         eval_data = _resolve(data, limit)
     out_dir = Path(out) if out is not None else None
     table = out_dir / RESULTS_NAME if out_dir is not None else None
-    rows = _finished_rows(out_dir)
+    rows = _finished_rows(out_dir, need_folder=save)
     todo: dict[ModelSource, list[Cell]] = {}
     for cell in cells:
         if cell.key not in rows:
@@ -668,7 +668,7 @@ def sweep(
         from .hub.publish import push
 
         for row in selected:
-            pushed[row["key"]] = push(row["folder"], row["repo_id"], private=private, token=token)
+            pushed[row["key"]] = push(row["folder"], repos[row["key"]], private=private, token=token)
     return SweepResult(ordered, selected, table, files, pushed, round(time.perf_counter() - start, 2))
 
 
@@ -702,13 +702,17 @@ def _plan_push(cells: list[Cell], org: str, pattern: str, token: str | None) -> 
     return repos, resolve_token(token)
 
 
-def _finished_rows(out_dir: Path | None) -> dict[str, dict[str, Any]]:
-    """The rows of the cells an earlier run of this sweep finished (errors are run again)."""
+def _finished_rows(out_dir: Path | None, need_folder: bool) -> dict[str, dict[str, Any]]:
+    """The rows of the cells an earlier run of this sweep finished (errors are run again; with ``need_folder``,
+    so are cells whose artifact folder is not there, e.g. from an earlier run that did not save)."""
     if out_dir is None:
         return {}
     if out_dir.exists() and not out_dir.is_dir():
         raise InvalidArgumentError(f"out {out_dir} exists and is not a folder.")
-    return {r["key"]: r for r in read_results(out_dir / RESULTS_NAME) if r.get("status") == "ok"}
+    rows = [r for r in read_results(out_dir / RESULTS_NAME) if r.get("status") == "ok"]
+    if need_folder:
+        rows = [r for r in rows if r.get("folder") and (Path(r["folder"]) / "model.safetensors").is_file()]
+    return {r["key"]: r for r in rows}
 
 
 def _write_reports(out_dir: Path | None, rows: list[dict[str, Any]], selected: list[dict[str, Any]]) -> dict:
