@@ -48,6 +48,7 @@ def one(model: str, data: Path, images: int) -> dict:
     import torch
 
     import udfc_hub
+    from udfc_hub.profile import state_bytes
 
     baseline = _rss_mb()
     work = Path(tempfile.mkdtemp(prefix="udfc-cell-"))
@@ -55,7 +56,7 @@ def one(model: str, data: Path, images: int) -> dict:
     base = timm.create_model(model)
     ckpt = work / f"{model}.pth"
     torch.save(base.state_dict(), ckpt)
-    float_bytes = sum(t.numel() * t.element_size() for t in base.state_dict().values())
+    float_bytes = state_bytes(base)
     del base
     start = time.perf_counter()
     result = udfc_hub.sweep(

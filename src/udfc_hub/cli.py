@@ -386,17 +386,19 @@ def _load(source: str, checkpoint: str | None, pretrained: bool = True):
     return load_model(source, checkpoint=checkpoint, pretrained=pretrained)
 
 
+def _state_bytes(model) -> int:
+    from .profile import state_bytes
+
+    return state_bytes(model)
+
+
 def _size_rows(rep, base, file_bytes: int, label: str) -> list[tuple[str, str, str]]:
     return [
         ("", "base", label),
         ("parameters", _m(rep.before.params), _m(rep.after.params)),
         ("MACs", _g(rep.before.macs), _g(rep.after.macs)),
-        ("weights", _mb(_float_bytes(base)) + " (float32)", _mb(file_bytes)),
+        ("weights", _mb(_state_bytes(base)) + " (float32)", _mb(file_bytes)),
     ]
-
-
-def _float_bytes(model) -> int:
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
 def cmd_compress(args) -> dict[str, Any]:
@@ -508,7 +510,7 @@ def cmd_inspect(args) -> dict[str, Any]:
                 ("", "base", f"prune {cfg.prune_ratio:.0%}, bits {cfg.bits or 'float'}"),
                 ("parameters", _m(rep.before.params), _m(rep.after.params)),
                 ("MACs", _g(rep.before.macs), _g(rep.after.macs)),
-                ("file size", _mb(_float_bytes(model)), _mb(packed)),
+                ("file size", _mb(_state_bytes(model)), _mb(packed)),
             ]
         ),
     )
@@ -521,7 +523,7 @@ def cmd_inspect(args) -> dict[str, Any]:
         "params_after": rep.after.params,
         "macs_before": rep.before.macs,
         "macs_after": rep.after.macs,
-        "file_bytes_before": _float_bytes(model),
+        "file_bytes_before": _state_bytes(model),
         "file_bytes_after": packed,
     }
 

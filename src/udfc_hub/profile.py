@@ -44,6 +44,11 @@ def input_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 
 @torch.no_grad()
+def state_bytes(model: nn.Module) -> int:
+    """Bytes of ``model``'s state dict at its dtypes (the float model's weights file, less its header)."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
 def profile_model(model: nn.Module, input_size: tuple[int, ...] | None = None) -> ModelStats:
     """Count parameters and conv/linear MACs of ``model`` for one input of ``input_size`` (C, H, W).
 

@@ -236,6 +236,7 @@ def _run_cell(cell, base, reference, data, artifacts, repo_id, batch_size) -> di
     from .engine import compress
     from .evaluation import _scores, predict
     from .hub.artifact import artifact_size, save_pretrained
+    from .profile import state_bytes
 
     t0 = time.perf_counter()
     result = compress(base, cell.config)
@@ -245,8 +246,7 @@ def _run_cell(cell, base, reference, data, artifacts, repo_id, batch_size) -> di
         "params": result.report.after.params,
         "macs_before": result.report.before.macs,
         "macs": result.report.after.macs,
-        "float_bytes": sum(t.numel() * t.element_size() for t in base.state_dict().values()),
-        "file_bytes": artifact_size(result),
+        "float_bytes": state_bytes(base),
     }
     accuracy = None
     if data is not None:
@@ -268,7 +268,9 @@ def _run_cell(cell, base, reference, data, artifacts, repo_id, batch_size) -> di
         accuracy = {"dataset": scores["dataset"], "n": scores["n"], "top1": scores["top1"], "top5": scores["top5"]}
         if before:
             accuracy.update(base_top1=before["top1"], base_top5=before["top5"])
-    if artifacts is not None:
+    if artifacts is None:  # the size the file would have, packed in memory; a saved file is measured instead
+        out["file_bytes"] = artifact_size(result)
+    else:
         folder = save_pretrained(result, artifacts / cell.name, overwrite=True, accuracy=accuracy, repo_id=repo_id)
         out["folder"] = str(folder)
         out["file_bytes"] = (folder / "model.safetensors").stat().st_size
@@ -308,23 +310,23 @@ def _ray_module():
     return ray
 
 
-def _ray_prepare(model: ModelSource, data, batch_size: int):
+def _worker_setup() -> None:
+    """In a Ray worker: as many torch threads as the task declared CPUs, and udfc-hub's models registered."""
     import torch
 
-    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     from . import register
 
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     register()
+
+
+def _ray_prepare(model: ModelSource, data, batch_size: int):
+    _worker_setup()
     return prepare_model(model, data, batch_size)
 
 
 def _ray_cell(cell: Cell, base, reference, data, artifacts, repo_id, batch_size: int):
-    import torch
-
-    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-    from . import register
-
-    register()
+    _worker_setup()
     _maybe_die(cell.key)
     return run_cell(cell, base, reference, data, artifacts, repo_id, batch_size)
 
@@ -414,13 +416,14 @@ def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     if not path.exists():
         return []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    lines = path.read_text().splitlines()
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            if n == len(path.read_text().splitlines()):  # the line a killed driver was writing
+            if n == len(lines):  # the line a killed driver was writing
                 break
             raise UdfcError(f"{path} line {n} is not JSON: not a udfc-hub sweep table.") from None
         if not isinstance(row, dict) or "key" not in row:

@@ -163,7 +163,7 @@ def _check_filled_by_transformers(model: nn.Module, where: str) -> None:
             f"truncated or was edited; re-download it or rebuild it with udfc_hub.save_pretrained"
         )
     if loaded:
-        check_finite(model.state_dict(), where)
+        check_finite(tensors, where)
 
 
 def _source_folder(cfg: Any) -> Path | None:
