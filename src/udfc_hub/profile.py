@@ -21,7 +21,7 @@ def default_input_size(model: nn.Module) -> tuple[int, int, int]:
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     if "input_size" in cfg:
         channels, height, width = cfg["input_size"]
-        first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+        first = _first_conv(model, cfg.get("first_conv"))
         if isinstance(first, nn.Conv2d):  # in_chans=1 and the like: the config still says 3
             channels = first.in_channels * first.groups
         fixed = getattr(getattr(model, "patch_embed", None), "img_size", None)
@@ -33,6 +33,18 @@ def default_input_size(model: nn.Module) -> tuple[int, int, int]:
     if isinstance(size, int):
         return (int(getattr(hf, "num_channels", 3)), size, size)
     return (3, 224, 224)
+
+
+def _first_conv(model: nn.Module, named: object) -> nn.Module | None:
+    """The stem conv: the one timm's ``pretrained_cfg['first_conv']`` names, else the first weight layer."""
+    if isinstance(named, str) and named:
+        try:
+            return model.get_submodule(named)
+        except AttributeError:
+            pass
+    if named == []:  # timm's way of saying the stem is not a conv (a DCT, a patch projection of its own)
+        return None
+    return next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
 
 
 def input_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:

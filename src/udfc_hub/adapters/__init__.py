@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 import torch.nn as nn
 
@@ -11,6 +12,7 @@ from ..errors import InvalidArgumentError, UnsupportedModelError
 from .base import Adapter, ChannelGroup, Consumer, Layer, ModelSpec, conv_norm_pairs, mlp_spec
 from .cifar_resnet import CifarResNetAdapter
 from .efficientnet import TimmEfficientNetAdapter
+from .graph import GraphAdapter, trace_couplings
 from .hf import HFConvNextAdapter, HFResNetAdapter, HFViTAdapter
 from .resnet import TimmResNetAdapter
 from .transformer_mlp import TimmConvNeXtAdapter, TimmViTAdapter
@@ -19,6 +21,7 @@ from .vgg import TimmVGGAdapter
 __all__ = [
     "ADAPTERS",
     "Adapter",
+    "GraphAdapter",
     "ChannelGroup",
     "Consumer",
     "Layer",
@@ -26,6 +29,7 @@ __all__ = [
     "conv_norm_pairs",
     "mlp_spec",
     "describe_model",
+    "trace_couplings",
     "register_adapter",
     "registered_adapter",
     "unregister_adapter",
@@ -41,6 +45,7 @@ ADAPTERS: list[Adapter] = [
     HFResNetAdapter(),
     HFConvNextAdapter(),
     HFViTAdapter(),
+    GraphAdapter(),  # last: any other model, its couplings traced from its forward pass
 ]
 
 
@@ -74,13 +79,25 @@ def registered_adapter(adapter: Adapter) -> Iterator[Adapter]:
 
 
 def describe_model(model: nn.Module) -> ModelSpec:
-    """The ``ModelSpec`` of ``model`` from the first adapter that matches it.
+    """The ``ModelSpec`` of ``model`` from the first adapter that matches it and accepts it.
 
-    Raises ``UnsupportedModelError`` naming the supported families when none does.
+    A hand-written adapter that matches but refuses a variant (an SE block in a ResNet, say) gives way to the
+    next one; the last, ``GraphAdapter``, traces the couplings from the forward pass and its spec notes why the
+    hand-written one refused. Raises ``UnsupportedModelError`` when none accepts the model: where tracing
+    stopped, or the supported families.
     """
+    refused: list[str] = []
     for adapter in ADAPTERS:
-        if adapter.matches(model):
-            return adapter.describe(model)
+        if not adapter.matches(model):
+            continue
+        try:
+            spec = adapter.describe(model)
+        except UnsupportedModelError as e:
+            if adapter is ADAPTERS[-1] or not any(a.matches(model) for a in ADAPTERS[ADAPTERS.index(adapter) + 1 :]):
+                raise
+            refused.append(f"the {adapter.family} adapter refused it ({e}); its couplings were traced instead")
+            continue
+        return replace(spec, notes=(*refused, *spec.notes)) if refused else spec
     families = "\n".join(f"  - {a.family}: {a.examples}" for a in ADAPTERS)
     raise UnsupportedModelError(
         f"No udfc_hub adapter supports {type(model).__module__}.{type(model).__name__}. Supported families:\n{families}"
