@@ -77,7 +77,7 @@ def test_file_is_packed_and_small(resnet18_result, tmp_path):
     quantized = sum(qt.codes.numel() for qt in resnet18_result.quantized.values())
     floats = 0
     with safe_open(path, "pt") as f:
-        assert f.metadata()["udfc_format"] == "udfc-packed" and f.metadata()["udfc_format_version"] == "1"
+        assert f.metadata()["udfc_format"] == "udfc-packed" and f.metadata()["udfc_format_version"] == "2"
         for key in f.keys():  # noqa: SIM118  (safe_open is not a mapping)
             t = f.get_slice(key)
             if key.endswith("weight_packed"):
@@ -129,7 +129,7 @@ def test_config_json_layout(resnet18_result, tmp_path):
     PretrainedCfg(**config["pretrained_cfg"])  # no custom keys: timm would raise TypeError
     assert config["pretrained_cfg"]["license"] == "apache-2.0"
     udfc = config["udfc"]
-    assert udfc["format_version"] == 1 and udfc["udfc_hub_version"] == udfc_hub.__version__
+    assert udfc["format_version"] == 2 and udfc["udfc_hub_version"] == udfc_hub.__version__
     assert udfc["base_model"] == "timm/resnet18.a1_in1k" and udfc["compression"]["prune_ratio"] == 0.3
 
 
@@ -236,6 +236,7 @@ def test_corrupt_weights(saved):
 def test_shapes_that_disagree_with_config(saved):
     config = json.loads((saved / "config.json").read_text())
     config["model_args"]["channels"]["layer1.0.conv1"] = 10  # the file holds 11
+    config["model_args"]["shapes"]["layer1.0.conv1"][0] = 10
     (saved / "config.json").write_text(json.dumps(config))
     with pytest.raises(ArtifactError, match="has shape .*config.json says"):
         _load_timm(saved)

@@ -122,7 +122,7 @@ def test_bad_models(kind, error, match):
         with torch.device("meta"):
             model = timm.create_model("cifar_resnet20")
     elif kind == "unsupported":
-        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+        model = nn.Sequential(nn.ReLU())  # no weight layer to compress
     else:
         model = _tamper_model(kind)
     with pytest.raises(error, match=match):
@@ -343,12 +343,12 @@ TAMPER = {
     "no model_args": (lambda f: _edit_config(f, lambda c: c.pop("model_args")), "model_args"),
     "no udfc block": (lambda f: _edit_config(f, lambda c: c.pop("udfc")), "no udfc block"),
     "version only in udfc": (
-        lambda f: _edit_config(f, lambda c: c["udfc"].update(format_version=2)),
-        "format version 2",
+        lambda f: _edit_config(f, lambda c: c["udfc"].update(format_version=3)),
+        "format version 3",
     ),
     "version only in model_args": (
-        lambda f: _edit_config(f, lambda c: _args(c).update(format_version=2)),
-        "format version 2",
+        lambda f: _edit_config(f, lambda c: _args(c).update(format_version=3)),
+        "format version 3",
     ),
     "empty global_pool": (lambda f: _edit_config(f, lambda c: c.update(global_pool="")), "global_pool|cannot run"),
     "bad base architecture": (
@@ -374,6 +374,55 @@ TAMPER = {
     "header lies": (_lying_header, "truncated or corrupt|has shape"),
     "NaN scale": (_nan_scale, "conv1.weight_scale holds NaN"),
 }
+
+
+def _set_width(args, name, width):
+    args["channels"][name] = width
+    args["shapes"][name][0] = width
+
+
+# format 2 (every resized module's shape in config.json): the cases that concern the shapes
+TAMPER_V2 = {
+    "wrong width": (lambda f: _edit_config(f, lambda c: _set_width(_args(c), "layer1.0.conv1", 10)), "has shape"),
+    "width disagrees with shape": (
+        lambda f: _edit_config(f, lambda c: _args(c)["channels"].update({"layer1.0.conv1": 10})),
+        "kept channels of 'layer1.0.conv1' \\(10\\) disagree",
+    ),
+    "wider than the base": (
+        lambda f: _edit_config(f, lambda c: _set_width(_args(c), "layer1.0.conv1", 40)),
+        "only loses channels",
+    ),
+    "huge shape": (
+        lambda f: _edit_config(f, lambda c: _args(c)["shapes"].update({"conv1": [10**9, 3, 3, 3]})),
+        "shapes must map module names to weight shapes",
+    ),
+    "shape of an unknown module": (
+        lambda f: _edit_config(f, lambda c: _args(c)["shapes"].update({"nope.conv": [3, 3]})),
+        "nope.conv",
+    ),
+    "kernel resized": (
+        lambda f: _edit_config(f, lambda c: _args(c)["shapes"]["layer1.0.conv2"].__setitem__(2, 1)),
+        "only loses channels",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def saved_v2(tmp_path_factory):
+    torch.manual_seed(0)
+    result = udfc_hub.compress(timm.create_model("cifar_resnet20"), prune_ratio=0.5, bits=3)
+    return udfc_hub.save_pretrained(result, tmp_path_factory.mktemp("v2") / "m")
+
+
+@pytest.mark.parametrize("name", sorted(TAMPER_V2))
+def test_format_2_shapes_are_checked_by_every_timm_loader(tmp_path, saved_v2, name):
+    folder = tmp_path / "m"
+    shutil.copytree(saved_v2, folder)
+    TAMPER_V2[name][0](folder)
+    with pytest.raises(ArtifactError, match=TAMPER_V2[name][1]):
+        udfc_hub.check_artifact(folder)
+    with pytest.raises(UdfcError, match=TAMPER_V2[name][1]):
+        timm.create_model(f"local-dir:{folder}", pretrained=True)
 
 
 def _tampered(tmp_path, name):

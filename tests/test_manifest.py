@@ -25,6 +25,7 @@ def _manifest(**changes):
     fields = dict(
         base_architecture="cifar_resnet20",
         channels={"layer1.0.conv1": 8},
+        shapes={"layer1.0.conv1": (8, 16, 3, 3), "layer1.0.bn1": (8,), "layer1.0.conv2": (16, 8, 3, 3)},
         bits=4,
         quantized_layers={"conv1": (16, 1, 1, 1)},
         provenance=Provenance(settings=settings, base_params=10, base_macs=20),
@@ -47,7 +48,9 @@ def test_model_args_and_udfc_block_round_trip():
         ({"channels": {"layer1.0.conv1": 10**12}}, "channels must map layer names to widths"),
         ({"quantized_layers": {"conv1": [10**9, 1]}}, "quantized_layers must map layer names to scale shapes"),
         ({"bits": None}, "quantized layers but no 'bits'"),
-        ({"format_version": 2}, "format version 2.*Upgrade udfc-hub"),
+        ({"format_version": 3}, "format version 3.*Upgrade udfc-hub"),
+        ({"shapes": {"layer1.0.conv1": (9, 16, 3, 3)}}, "kept channels of 'layer1.0.conv1' \\(8\\) disagree"),
+        ({"shapes": {"conv1": (10**9, 3, 3, 3)}}, "shapes must map module names to weight shapes"),
         ({"base_architecture": ""}, "base_architecture must be a non-empty string"),
     ],
 )
@@ -98,6 +101,12 @@ def test_a_version_bumped_in_one_place_is_refused_by_every_loader(tmp_path, wher
         udfc_hub.check_artifact(folder)
     with pytest.raises(ArtifactError, match="format version 7"):
         udfc_hub.load_model(f"local-dir:{folder}")
+
+
+def test_format_1_manifest_needs_the_adapter_format_2_does_not():
+    assert _manifest(format_version=1, shapes={}).needs_spec
+    assert not _manifest().needs_spec
+    assert "shapes" not in _manifest(format_version=1, shapes={}).to_model_args()  # format 1 is written as it was
 
 
 def test_manifest_of_both_layouts():

@@ -38,7 +38,11 @@ from .validate import CONFIG_NAME, WEIGHTS_NAME, check_finite, validate_folder
 __all__ = ["FORMAT", "FORMAT_VERSION", "save_pretrained", "pack_model", "read_config", "check_artifact"]
 
 CARD_NAME = "README.md"
-_METADATA = {"format": "pt", "udfc_format": FORMAT, "udfc_format_version": str(FORMAT_VERSION)}
+
+
+def _metadata(version: int = FORMAT_VERSION) -> dict[str, str]:
+    """The safetensors header's metadata (a re-saved format 1 artifact keeps its version, byte for byte)."""
+    return {"format": "pt", "udfc_format": FORMAT, "udfc_format_version": str(version)}
 
 
 def pack_model(result: CompressionResult, base_model: str | None = None) -> nn.Module:
@@ -64,6 +68,7 @@ def pack_model(result: CompressionResult, base_model: str | None = None) -> nn.M
         base_architecture=base,
         base_args={} if transformers_native else constructor_args(model, base),
         channels={r.name: r.kept_channels for r in result.report.layers if r.kept_channels < r.out_channels},
+        shapes=resized_shapes(result),
         bits=result.report.config.bits,
         quantized_layers={name: tuple(qt.scale.shape) for name, qt in result.quantized.items()},
         provenance=Provenance(
@@ -79,6 +84,18 @@ def pack_model(result: CompressionResult, base_model: str | None = None) -> nn.M
     return model.eval()
 
 
+def resized_shapes(result: CompressionResult) -> dict[str, tuple[int, ...]]:
+    """The weight shape of every module that pruning resized: each pruned group's producer, its norm, the modules
+    aligned with it and its consumers (config.json's ``shapes``; the loader then needs no adapter)."""
+    pruned = {r.name for r in result.report.layers if r.kept_channels < r.out_channels}
+    names: list[str] = []
+    for g in result.spec.groups:
+        if g.producer.name in pruned:
+            names += [g.producer.name, *([g.producer.norm] if g.producer.norm else []), *g.aligned]
+            names += [c.name for c in g.consumers]
+    return {n: tuple(result.model.get_submodule(n).weight.shape) for n in dict.fromkeys(names)}
+
+
 def _to_twin(model: nn.Module) -> None:
     """Make a packed transformers model its udfc twin class, with the manifest in ``config.udfc``."""
     config_cls, model_cls = udfc_twin(model)
@@ -86,7 +103,10 @@ def _to_twin(model: nn.Module) -> None:
         k: v for k, v in model.config.to_dict().items() if k not in ("model_type", "transformers_version", "udfc")
     }
     fields["architectures"] = [model_cls.__name__]
-    model.config = config_cls.from_dict({**fields, "udfc": model.udfc_manifest.to_udfc_block()})
+    old, model.config = model.config, config_cls.from_dict({**fields, "udfc": model.udfc_manifest.to_udfc_block()})
+    for module in model.modules():  # the inner model (``model.swin``) shares the config, as in a loaded twin
+        if getattr(module, "config", None) is old:
+            module.config = model.config
     model.__class__ = model_cls
 
 
@@ -159,7 +179,7 @@ def save_pretrained(
             config = _config(model, manifest)
             state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
             library, architecture, license_ = "timm", config["architecture"], manifest.provenance.base_license
-        (tmp / WEIGHTS_NAME).write_bytes(_serialize(state, _METADATA))
+        (tmp / WEIGHTS_NAME).write_bytes(_serialize(state, _metadata(manifest.format_version)))
         # timm's layout keeps its key order; transformers writes its config sorted, and so do we
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=twin) + "\n")
         card = render_card(
@@ -230,12 +250,22 @@ def _packed(result, base_model: str | None) -> tuple[nn.Module, ModelStats]:
 def artifact_size(result: CompressionResult) -> int:
     """Bytes that ``model.safetensors`` of ``result`` would take, computed in memory."""
     state = {k: v.detach().cpu().contiguous() for k, v in pack_model(result).state_dict().items()}
-    return len(_serialize(state, _METADATA))
+    return len(_serialize(state, _metadata()))
 
 
 def _serialize(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
-    """safetensors bytes with the metadata keys in sorted order (safetensors itself orders them at random)."""
-    data = save(state, metadata=metadata)
+    """safetensors bytes with the metadata keys in sorted order (safetensors itself orders them at random).
+
+    A module used at two places of a model (CoaT's shared position convs) gives one tensor two names; safetensors
+    refuses shared memory, so the second name gets a copy (the loader fills the one tensor twice, equally)."""
+    seen: set[int] = set()
+    unshared = {}
+    for key, t in state.items():
+        ptr = t.untyped_storage().data_ptr() if t.numel() else None
+        unshared[key] = t.clone() if ptr is not None and ptr in seen else t
+        if ptr is not None:
+            seen.add(ptr)
+    data = save(unshared, metadata=metadata)
     n = struct.unpack("<Q", data[:8])[0]
     header = json.loads(data[8 : 8 + n])
     header["__metadata__"] = dict(sorted(header["__metadata__"].items()))

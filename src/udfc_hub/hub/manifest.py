@@ -24,7 +24,7 @@ import torch.nn as nn
 from ..config import MAX_BITS, MIN_BITS, CompressionConfig
 from ..errors import ArtifactError, InvalidArgumentError
 from ..surgery import slice_channels
-from .format import FORMAT, FORMAT_VERSION
+from .format import FORMAT, FORMAT_VERSION, READABLE_VERSIONS
 from .quantized import convert_to_packed
 
 __all__ = ["Manifest", "Provenance", "check_format", "read_config_file"]
@@ -49,12 +49,13 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 def check_format(version: Any, where: str = "config.json") -> None:
     """Refuse a udfc format version this udfc_hub cannot read, saying how to get one that can."""
-    if version != FORMAT_VERSION:
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
         from .._version import __version__
 
+        readable = " and ".join(map(str, READABLE_VERSIONS))
         raise ArtifactError(
-            f"{where} uses udfc format version {version!r}; this udfc_hub ({__version__}) reads version "
-            f"{FORMAT_VERSION}. Upgrade udfc-hub: pip install -U udfc-hub"
+            f"{where} uses udfc format version {version!r}; this udfc_hub ({__version__}) reads versions "
+            f"{readable}. Upgrade udfc-hub: pip install -U udfc-hub"
         )
 
 
@@ -122,6 +123,7 @@ class Manifest:
     provenance: Provenance
     format_version: int = field(default=FORMAT_VERSION)
     base_args: dict[str, Any] = field(default_factory=dict)  # non-default constructor arguments of the base
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # format 2: resized module -> weight shape
 
     def __post_init__(self) -> None:
         check_format(self.format_version)
@@ -145,6 +147,18 @@ class Manifest:
         if self.quantized_layers and self.bits is None:
             raise ArtifactError("config.json lists quantized layers but no 'bits'.")
         object.__setattr__(self, "quantized_layers", {k: tuple(v) for k, v in self.quantized_layers.items()})
+        if not isinstance(self.shapes, dict) or not all(
+            isinstance(k, str) and isinstance(v, (list, tuple)) and 0 < len(v) <= 4 and all(map(_is_count, v))
+            for k, v in self.shapes.items()
+        ):
+            raise ArtifactError("config.json: shapes must map module names to weight shapes (1 to 4 sizes).")
+        for name, width in self.channels.items() if self.format_version >= 2 else ():
+            if name not in self.shapes or self.shapes[name][0] != width:
+                raise ArtifactError(
+                    f"config.json: the kept channels of {name!r} ({width}) disagree with its stored shape "
+                    f"({list(self.shapes.get(name, []))}); format 2 stores both and they must agree."
+                )
+        object.__setattr__(self, "shapes", {k: tuple(v) for k, v in self.shapes.items()})
         _check_base_args(self.base_args)
 
     # timm: config.json's model_args
@@ -156,6 +170,7 @@ class Manifest:
             "channels": dict(self.channels),
             "bits": self.bits,
             "quantized_layers": {k: list(v) for k, v in self.quantized_layers.items()},
+            **({"shapes": {k: list(v) for k, v in self.shapes.items()}} if self.format_version >= 2 else {}),
             "provenance": self.provenance.to_dict(),
             **self.base_args,
         }
@@ -175,6 +190,7 @@ class Manifest:
             provenance=Provenance.from_dict(args.get("provenance")),
             format_version=args["format_version"],
             base_args={k: args[k] for k in BASE_ARG_KEYS if k in args},
+            shapes=args.get("shapes") or {},
         )
 
     # transformers: the config's udfc block
@@ -206,16 +222,36 @@ class Manifest:
         check_format(block.get("format_version"))
         if "model_type" in config:
             return cls.from_udfc_block(block)
-        return cls.from_model_args(config.get("model_args"))
+        manifest = cls.from_model_args(config.get("model_args"))
+        if manifest.format_version != block["format_version"]:
+            raise ArtifactError(
+                f"config.json says format version {block['format_version']} in its udfc block and "
+                f"{manifest.format_version} in model_args: the file was edited; re-download or re-save it."
+            )
+        return manifest
 
     def with_provenance(self, **changes: Any) -> Manifest:
         from dataclasses import replace
 
         return replace(self, provenance=replace(self.provenance, **changes))
 
-    def apply(self, model: nn.Module, spec) -> None:
-        """Give a freshly built base model the stored widths and packed-weight layer classes (empty values)."""
-        resize_model(model, spec, self.channels)
+    @property
+    def needs_spec(self) -> bool:
+        """Format 1 stores only the kept width of each pruned producer: rebuilding it needs the model's adapter."""
+        return self.format_version < 2 and bool(self.channels)
+
+    def apply(self, model: nn.Module, spec=None) -> None:
+        """Give a freshly built base model the stored shapes and packed-weight layer classes (empty values).
+
+        ``spec`` (the base model's ``ModelSpec``) is needed only for format 1 files (see ``needs_spec``)."""
+        if self.needs_spec:
+            if spec is None:
+                from ..adapters import describe_model
+
+                spec = describe_model(model)
+            resize_model(model, spec, self.channels)
+        else:
+            resize_to_shapes(model, self.shapes)
         for name, scale_shape in self.quantized_layers.items():
             try:
                 convert_to_packed(_get(model, name), self.bits, scale_shape)
@@ -246,6 +282,26 @@ def _get(model: nn.Module, name: str) -> nn.Module:
         return model.get_submodule(name)
     except AttributeError:
         raise ArtifactError(f"config.json names layer {name!r}, which the base model does not have") from None
+
+
+def resize_to_shapes(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Give each listed module the stored weight shape (empty values): pruning only removes output channels
+    (dimension 0, with the module's per-channel tensors) and input channels (dimension 1)."""
+    for name, shape in shapes.items():
+        module = _get(model, name)
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.ndim != len(shape):
+            raise ArtifactError(f"config.json gives {name!r} a {len(shape)}-d weight shape; the base model's is not")
+        for dim, (new, old) in enumerate(zip(shape, weight.shape, strict=True)):
+            if new == old:
+                continue
+            if dim > 1 or new > old:
+                raise ArtifactError(
+                    f"config.json gives {name!r} the weight shape {list(shape)}; the base model's is "
+                    f"{list(weight.shape)} (a compressed model only loses channels, along its first two dimensions)"
+                )
+            slice_channels(module, torch.arange(new), dim)
+            weight = module.weight
 
 
 def resize_model(model: nn.Module, spec, channels: dict[str, int]) -> None:

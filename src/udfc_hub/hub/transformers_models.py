@@ -12,6 +12,7 @@ quantizes it to match, and transformers' own loader fills it from ``model.safete
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,7 @@ class _UdfcModelMixin:
 
     def _udfc_build(self) -> None:
         manifest = Manifest.from_udfc_block(self.config.udfc)
-        manifest.apply(self, describe_model(self))
+        manifest.apply(self, describe_model(self) if manifest.needs_spec else None)
         # the float weight of a quantized layer is not in the file: it is derived from the codes (``_init_weights``)
         patterns = {rf"(^|\.){re.escape(name)}\.weight$" for name in manifest.quantized_layers}
         self._keys_to_ignore_on_load_missing = set(self._keys_to_ignore_on_load_missing or ()) | patterns
@@ -148,21 +149,99 @@ _TWINS: dict[type, tuple[type, type]] = {
     ConvNextForImageClassification: (UdfcConvNextConfig, UdfcConvNextForImageClassification),
     ViTForImageClassification: (UdfcViTConfig, UdfcViTForImageClassification),
 }
+# image classifiers that are not one network udfc_hub could compress on its own (a wrapped timm model is saved
+# in timm's layout; the rest are multi-modal or need inputs other than pixels)
+_NO_TWIN = {"timm_wrapper", "shieldgemma2", "perceiver", "imagegpt", "clip", "metaclip_2", "siglip", "siglip2"}
+
+
+def make_twin(stock: type) -> tuple[type, type]:
+    """The udfc (config class, model class) of a stock ``*ForImageClassification`` class, made and registered once.
+
+    The config class adds the ``udfc`` block under ``model_type = "udfc_<model_type>"``; the model class builds the
+    stock model from it, then shrinks and quantizes it to the manifest (format 2 stores every resized shape, so
+    no adapter is needed to rebuild it).
+    """
+    if stock in _TWINS:
+        return _TWINS[stock]
+    base_config = stock.config_class
+    config_cls = strict(
+        type(
+            f"Udfc{base_config.__name__}",
+            (base_config,),
+            {"model_type": f"udfc_{base_config.model_type}", "__annotations__": {"udfc": dict | None}, "udfc": None},
+        )
+    )
+
+    def __init__(self, config):
+        stock.__init__(self, config)
+        self._udfc_build()
+
+    model_cls = type(
+        f"Udfc{stock.__name__}",
+        (_UdfcModelMixin, stock),
+        {"config_class": config_cls, "__init__": __init__, "__module__": __name__},
+    )
+    config_cls.__module__ = __name__
+    _share_weight_conversions(base_config.model_type, config_cls.model_type, stock.__name__, model_cls.__name__)
+    _TWINS[stock] = (config_cls, model_cls)
+    AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
+    AutoModelForImageClassification.register(config_cls, model_cls, exist_ok=True)
+    setattr(sys.modules[__name__], config_cls.__name__, config_cls)  # picklable, and importable by name
+    setattr(sys.modules[__name__], model_cls.__name__, model_cls)
+    return config_cls, model_cls
+
+
+def _share_weight_conversions(model_type: str, twin_type: str, class_name: str, twin_class: str) -> None:
+    """transformers 5 renames some checkpoints' tensors on load and back on save (Swin's ``attention.self.key`` is
+    ``attention.k_proj`` in memory), keyed by model type or class name: the twin uses its stock model's renames,
+    so that its files carry the stock names and load both ways."""
+    try:
+        from transformers import conversion_mapping
+    except ImportError:  # transformers 4: no renames
+        return
+    for source, target in ((model_type, twin_type), (class_name, twin_class)):
+        mapping = conversion_mapping.get_checkpoint_conversion_mapping(source)
+        if mapping is not None and conversion_mapping.get_checkpoint_conversion_mapping(target) is None:
+            conversion_mapping.register_checkpoint_conversion_mapping(target, mapping)
 
 
 def is_transformers_model(model: nn.Module) -> bool:
     """A transformers image classifier that udfc_hub saves natively (stock or already a udfc twin)."""
-    return isinstance(model, tuple(_TWINS))
+    return _stock_class(model) is not None
 
 
 def udfc_twin(model: nn.Module) -> tuple[type, type]:
     """The (config class, model class) a compressed ``model`` is saved as."""
-    for stock, twin in _TWINS.items():
-        if isinstance(model, stock):
-            return twin
-    raise ArtifactError(f"{type(model).__name__} has no udfc transformers twin")
+    stock = _stock_class(model)
+    if stock is None:
+        raise ArtifactError(f"{type(model).__name__} has no udfc transformers twin")
+    return make_twin(stock)
+
+
+def _stock_class(model: nn.Module) -> type | None:
+    """The transformers image-classification class ``model`` is (or whose udfc twin it is), if any."""
+    return next((cls for cls in type(model).__mro__ if cls in _TWINS), None)
+
+
+def _stock_classes() -> list[type]:
+    """Every stock image classifier of transformers' Auto mapping that a twin is made for (0.4 s to import)."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+    classes = []
+    for model_type, value in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.items():
+        if model_type in _NO_TWIN:
+            continue
+        name = value if isinstance(value, str) else value[0]  # one class per config: DeiT's, not its WithTeacher
+        try:
+            classes.append(getattr(transformers, name))
+        except (AttributeError, ImportError):  # a class whose optional dependencies are absent
+            continue
+    return classes
 
 
 for _config_cls, _model_cls in _TWINS.values():
     AutoConfig.register(_config_cls.model_type, _config_cls, exist_ok=True)
     AutoModelForImageClassification.register(_config_cls, _model_cls, exist_ok=True)
+for _stock in _stock_classes():
+    make_twin(_stock)
