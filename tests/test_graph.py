@@ -186,6 +186,22 @@ def test_removing_traced_channels_equals_zeroing_them_transformers(kind):
     assert _remove_vs_zero(_hf_models()[kind].eval(), (3, 32, 32)) < 1e-5
 
 
+@pytest.mark.parametrize("name", ["efficientnet_b0", "seresnext26t_32x4d"])
+def test_traced_groups_touch_the_modules_torch_pruning_couples(name):
+    tp = pytest.importorskip("torch_pruning", reason="the [tracing] extra (torch-pruning) is not installed")
+    model = timm.create_model(name, num_classes=10).eval()
+    spec = trace_couplings(model, (3, 64, 64)).spec
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, 3, 64, 64))
+    names = {m: n for n, m in model.named_modules()}
+    for g in spec.groups:
+        producer = model.get_submodule(g.producer.name)
+        fn = tp.prune_conv_out_channels if isinstance(producer, nn.Conv2d) else tp.prune_linear_out_channels
+        group = dg.get_pruning_group(producer, fn, idxs=[0])  # its ops (ReLU, ...) are nodes without a module name
+        theirs = {names[dep.target.module] for dep, _ in group if dep.target.module in names}
+        ours = {g.producer.name, g.producer.norm, *g.aligned, *(c.name for c in g.consumers)} - {None}
+        assert ours == theirs, g.producer.name
+
+
 def test_traced_model_round_trips_through_stock_timm_without_tracing(tmp_path, monkeypatch):
     model = timm.create_model("mobilenetv3_small_050", num_classes=10).eval()
     result = udfc_hub.compress(model, prune_ratio=0.3, bits=6, input_size=(3, 64, 64))

@@ -475,7 +475,10 @@ class _Recorder(TorchFunctionMode):
         d_out = [self.classes.new(s) for s in out.shape]
         for t in tensors:
             dt = self.data_dims(t)
-            if dt is None:
+            if dt is None:  # a constant joined in (ViT's class token): its other dimensions are not ours to slice
+                for k, c in enumerate(d_out):
+                    if k != dim and isinstance(t, torch.Tensor) and t.shape[k] > 1:
+                        self.classes[c].blocked.append("concat with a constant")
                 continue
             self.block(dt[dim : dim + 1], "concat")
             for k, c in enumerate(dt):
@@ -606,6 +609,7 @@ def _spec_from(model: nn.Module, rec: _Recorder) -> Trace:  # noqa: C901 - the r
     layers = tuple(Layer(n, own_norm(n)) for n in weight_layers)
     groups: list[ChannelGroup] = []
     left: Counter = Counter()
+    linear_fit: Counter = Counter()  # closed-form groups without a ReLU after their norm, by what lies between
     seen: set[int] = set()
     for c in range(len(rec.classes.parent)):
         root = rec.classes.find(c)
@@ -634,6 +638,8 @@ def _spec_from(model: nn.Module, rec: _Recorder) -> Trace:  # noqa: C901 - the r
                 closed_form=not aligned,
             )
         )
+        if not groups[-1].relu_after_norm and groups[-1].closed_form:
+            linear_fit[", ".join(sorted(ops)) or "no activation"] += 1
     position = {n: i for i, n in enumerate(weight_layers)}
     groups.sort(key=lambda g: position[g.producer.name])
     notes = []
@@ -641,6 +647,11 @@ def _spec_from(model: nn.Module, rec: _Recorder) -> Trace:  # noqa: C901 - the r
         notes.append(
             "channels left whole: "
             + ", ".join(f"{n} group(s): {reason}" for reason, n in sorted(left.items(), key=lambda kv: -kv[1]))
+        )
+    if linear_fit:
+        notes.append(
+            "compensated with the paper's linear fit (no ReLU after a BatchNorm, so no moment model): "
+            + ", ".join(f"{n} group(s) with {what}" for what, n in linear_fit.most_common())
         )
     open_ = sum(not g.closed_form for g in groups)
     if open_:
