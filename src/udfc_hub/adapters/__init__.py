@@ -9,7 +9,7 @@ from dataclasses import replace
 import torch.nn as nn
 
 from ..errors import InvalidArgumentError, UnsupportedModelError
-from .base import Adapter, ChannelGroup, Consumer, Layer, ModelSpec, conv_norm_pairs, mlp_spec
+from .base import Adapter, ChannelGroup, Consumer, Layer, ModelSpec, conv_norm_pairs, mlp_spec, removal_error
 from .cifar_resnet import CifarResNetAdapter
 from .efficientnet import TimmEfficientNetAdapter
 from .graph import GraphAdapter, trace_couplings
@@ -32,6 +32,7 @@ __all__ = [
     "trace_couplings",
     "register_adapter",
     "registered_adapter",
+    "removal_error",
     "unregister_adapter",
 ]
 
@@ -78,6 +79,19 @@ def registered_adapter(adapter: Adapter) -> Iterator[Adapter]:
         unregister_adapter(adapter)
 
 
+def _check_weight_layers(model: nn.Module, spec: ModelSpec, adapter: Adapter) -> None:
+    """A spec may list only Conv2d / Linear layers (MixNet's MixedConv2d inside an EfficientNet is neither)."""
+    names = [layer.name for layer in spec.layers]
+    names += [n for g in spec.groups for n in (g.producer.name, *(c.name for c in g.consumers))]
+    for name in dict.fromkeys(names):
+        module = model.get_submodule(name)
+        if not isinstance(module, (nn.Conv2d, nn.Linear)):
+            raise UnsupportedModelError(
+                f"{name} is a {type(module).__name__}; the {adapter.family} adapter describes Conv2d and "
+                "Linear layers only"
+            )
+
+
 def describe_model(model: nn.Module) -> ModelSpec:
     """The ``ModelSpec`` of ``model`` from the first adapter that matches it and accepts it.
 
@@ -92,6 +106,7 @@ def describe_model(model: nn.Module) -> ModelSpec:
             continue
         try:
             spec = adapter.describe(model)
+            _check_weight_layers(model, spec, adapter)
         except UnsupportedModelError as e:
             if adapter is ADAPTERS[-1] or not any(a.matches(model) for a in ADAPTERS[ADAPTERS.index(adapter) + 1 :]):
                 raise

@@ -148,6 +148,7 @@ class _Recorder(TorchFunctionMode):
         self.ops: Counter = Counter()
         self.module_stack: list[str] = []
         self.last_op = ""
+        self.read_sizes: dict[int, set[int]] = {}  # a size the model's code read -> the classes it was read from
 
     # --- bookkeeping -------------------------------------------------------------------------------------------
 
@@ -187,8 +188,10 @@ class _Recorder(TorchFunctionMode):
         weight_op = name in ("conv2d", "linear") and self.module_of(_arg(args, kwargs, 1, "weight")) is not None
         if not data_in and not weight_op:
             return out  # parameters, shapes, constants: not the data's path
+        if name in ("get", "size") and data_in and self.shape_read(name, func, args, kwargs):
+            return out
         if not outs and name != "setitem":
-            return out  # .shape, .size(), .item() and the like
+            return out  # .ndim, .item() and the like
         self.last_op = name
         self.ops[name] += 1
         for t in data_in:
@@ -202,6 +205,20 @@ class _Recorder(TorchFunctionMode):
                 if id(t) not in self.dims:
                     self.fresh(t, name)
         return out
+
+    def shape_read(self, name: str, func, args, kwargs) -> bool:
+        """``x.shape`` / ``x.size(d)`` read by the model's code: remember which classes' sizes were read. A size
+        read and then written into a reshape of other dimensions (LambdaLayer: ``B, C, H, W = x.shape`` then
+        ``out.reshape(B, C, H, W)`` with C made of heads x values) ties them, and ``reshape`` leaves them whole."""
+        x = args[0]
+        if name == "get" and getattr(getattr(func, "__self__", None), "__name__", None) != "shape":
+            return False
+        dims = self.dims[id(x)]
+        d = _arg(args, kwargs, 1, "dim") if name == "size" else None
+        for i in range(x.ndim) if d is None else [d % x.ndim]:
+            if x.shape[i] > 1:
+                self.read_sizes.setdefault(int(x.shape[i]), set()).add(dims[i])
+        return True
 
     def dispatch(self, name, args, kwargs, data_in, outs) -> None:  # noqa: C901 - one branch per op family
         x = args[0] if args else None
@@ -228,7 +245,7 @@ class _Recorder(TorchFunctionMode):
         elif name in _REDUCE:
             self.reduce(name, args, kwargs, outs)
         elif name in ("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as"):
-            self.reshape(x, outs[0])
+            self.reshape(x, outs[0], _target_shape(args, kwargs) if name in ("view", "reshape") else None)
         elif name in ("permute", "transpose", "swapaxes", "t", "movedim"):
             self.permute(name, args, kwargs, outs[0])
         elif name == "getitem":
@@ -408,9 +425,21 @@ class _Recorder(TorchFunctionMode):
         for extra in outs[1:]:
             self.fresh(extra, "indices")
 
-    def reshape(self, x: torch.Tensor, out: torch.Tensor) -> None:
+    def reshape(self, x: torch.Tensor, out: torch.Tensor, target: list | None) -> None:
         dx = self.dims[id(x)]
         mapping = _reshape_map(tuple(x.shape), tuple(out.shape))
+        if target is not None and len(target) == out.ndim:
+            find = self.classes.find
+            for j, size in enumerate(target):
+                if size <= 1:
+                    continue
+                read = {find(c) for c in self.read_sizes.get(size, ())}
+                carried = find(dx[mapping[j]]) if j in mapping else None
+                for c in read - {carried}:  # a size read elsewhere, written into this reshape
+                    self.classes.info[c].blocked.append("its size is read and reused in a reshape")
+                if carried is not None and carried not in read:
+                    # written out, not read at run time: a constant of the module, which would not follow pruning
+                    self.classes.info[carried].blocked.append("reshape to a fixed size")
         d_out = []
         for j, s in enumerate(out.shape):
             i = mapping.get(j)
@@ -509,6 +538,15 @@ def _flat(obj: Any) -> list:
     if isinstance(obj, dict):
         return [x for o in obj.values() for x in _flat(o)]
     return [obj]
+
+
+def _target_shape(args, kwargs) -> list | None:
+    """The sizes a ``view`` / ``reshape`` asked for (``x.view(a, b)``, ``x.view((a, b))``, ``torch.reshape(x, s)``)."""
+    rest = args[1:] if len(args) > 1 else (kwargs.get("shape") or kwargs.get("size") or ())
+    if len(rest) == 1 and isinstance(rest[0], (list, tuple, torch.Size)):
+        rest = rest[0]
+    sizes = [int(r) if isinstance(r, (int, torch.SymInt)) else None for r in rest]
+    return None if any(r is None for r in sizes) else sizes
 
 
 def _is_dropout_in_training(name: str, args, kwargs) -> bool:
