@@ -59,6 +59,14 @@ def test_cifar_resnet_spec(depth):
     assert sum(p.numel() for p in model.parameters()) == expected
 
 
+@pytest.mark.parametrize("name,match", [("test_efficientnet_ln", "LayerNormAct2d"), ("mixnet_s", "MixedConv2d")])
+def test_efficientnet_variants_the_adapter_does_not_know_are_traced(name, match):
+    model = timm.create_model(name).eval()
+    spec = describe_model(model)
+    assert spec.family.startswith("traced") and match in spec.notes[0]
+    assert udfc_hub.adapters.removal_error(model, spec, (3, 64, 64)) < 1e-5
+
+
 @pytest.mark.parametrize(
     "name,match", [("resnext50_32x4d", "grouped"), ("seresnet50", "attention"), ("resnetaa50", "anti-aliasing")]
 )

@@ -80,7 +80,14 @@ def registered_adapter(adapter: Adapter) -> Iterator[Adapter]:
 
 
 def _check_weight_layers(model: nn.Module, spec: ModelSpec, adapter: Adapter) -> None:
-    """A spec may list only Conv2d / Linear layers (MixNet's MixedConv2d inside an EfficientNet is neither)."""
+    """A spec may list only Conv2d / Linear layers (MixNet's MixedConv2d inside an EfficientNet is neither), each
+    with a BatchNorm or no norm (an EfficientNet built with LayerNormAct2d has a LayerNorm there)."""
+    for layer in spec.layers:
+        norm = model.get_submodule(layer.norm) if layer.norm else None
+        if norm is not None and not isinstance(norm, nn.modules.batchnorm._BatchNorm):
+            raise UnsupportedModelError(
+                f"{layer.norm} is a {type(norm).__name__}; the {adapter.family} adapter expects BatchNorm there"
+            )
     names = [layer.name for layer in spec.layers]
     names += [n for g in spec.groups for n in (g.producer.name, *(c.name for c in g.consumers))]
     for name in dict.fromkeys(names):

@@ -10,9 +10,10 @@ into conv_pwl) have no closed form in the paper: only ``method="prune"`` removes
 from __future__ import annotations
 
 import torch.nn as nn
-from timm.models._efficientnet_blocks import InvertedResidual
+from timm.models._efficientnet_blocks import InvertedResidual, SqueezeExcite
 from timm.models.efficientnet import EfficientNet
 
+from ..errors import UnsupportedModelError
 from .base import ChannelGroup, Consumer, Layer, ModelSpec, conv_norm_pairs
 
 
@@ -49,6 +50,10 @@ class TimmEfficientNetAdapter:
 
 def _expansion_group(p: str, block: InvertedResidual) -> ChannelGroup:
     """conv_pw's outputs, which run through conv_dw, bn2 and the squeeze-excite into conv_pwl."""
+    if not isinstance(block.se, (nn.Identity, SqueezeExcite)):  # a global-context or other attention module
+        raise UnsupportedModelError(
+            f"{p}.se is a {type(block.se).__name__}; the EfficientNet adapter knows timm's SqueezeExcite only"
+        )
     se = block.se if hasattr(block.se, "conv_reduce") else None
     consumers = (Consumer(f"{p}.conv_pwl"),) + ((Consumer(f"{p}.se.conv_reduce"),) if se is not None else ())
     aligned = (f"{p}.conv_dw", f"{p}.bn2") + ((f"{p}.se.conv_expand",) if se is not None else ())
