@@ -1,8 +1,11 @@
 """cifar_resnet56 with its real checkpoint on the 10,000 fixture CIFAR-10 test images (JPEG q75).
 
-Reference numbers (an independent implementation of the method doc): FP 83.20; 30 % l1: prune 62.56, UDFC 72.00;
-6-bit quantization only: 82.79. udfc+ (benchmarks/results/cifar10_plus.md): 30 % l2 74.87 (NM 69.33), 4-bit only
-82.65, 30 % + 4-bit 73.83. Slow (about two minutes): marked, and still run in CI.
+Reference numbers on all 10,000 (an independent implementation of the method doc): FP 83.20; 30 % l1: prune 62.56,
+UDFC 72.00; 6-bit quantization only: 82.79. udfc+ (benchmarks/results/cifar10_plus.md): 30 % l2 74.87 (NM 69.33),
+4-bit only 82.65, 30 % + 4-bit 73.83. The compressed models are scored on the first 5,000 images, against the float
+model on the same images (to keep CI under its budget): there FP 78.98; prune 55.58, UDFC 64.62; 6-bit 78.64;
+NM 68.32, udfc+ 72.94, 30 % + 4-bit 72.62, 4-bit only 78.86 (measured; every margin below holds as on all 10,000).
+Slow (about two minutes): marked, and still run in CI.
 """
 
 import pytest
@@ -26,30 +29,36 @@ def cifar():
 
 
 @pytest.fixture(scope="module")
-def fp_accuracy(resnet56, cifar):
-    return accuracy(resnet56, *cifar)
+def half(cifar):
+    x, y = cifar
+    return x[:5000], y[:5000]
 
 
-def test_uncompressed_accuracy_matches_fixture_readme(fp_accuracy):
-    assert fp_accuracy == pytest.approx(83.2, abs=0.05)
+@pytest.fixture(scope="module")
+def fp_accuracy(resnet56, half):
+    return accuracy(resnet56, *half)
 
 
-def test_udfc_beats_plain_pruning_at_30_percent_l1(resnet56, cifar):
-    plain = accuracy(compress(resnet56, prune_ratio=0.3, bits=None, method="prune", criterion="l1").model, *cifar)
-    udfc = accuracy(compress(resnet56, prune_ratio=0.3, bits=None, method="udfc", criterion="l1").model, *cifar)
+def test_uncompressed_accuracy_matches_fixture_readme(resnet56, cifar):
+    assert accuracy(resnet56, *cifar) == pytest.approx(83.2, abs=0.05)
+
+
+def test_udfc_beats_plain_pruning_at_30_percent_l1(resnet56, half):
+    plain = accuracy(compress(resnet56, prune_ratio=0.3, bits=None, method="prune", criterion="l1").model, *half)
+    udfc = accuracy(compress(resnet56, prune_ratio=0.3, bits=None, method="udfc", criterion="l1").model, *half)
     assert udfc > plain + 5, (udfc, plain)
 
 
-def test_six_bit_quantization_loses_at_most_one_point(resnet56, cifar, fp_accuracy):
-    q = accuracy(compress(resnet56, prune_ratio=0.0, bits=6, method="udfc").model, *cifar)
+def test_six_bit_quantization_loses_at_most_one_point(resnet56, half, fp_accuracy):
+    q = accuracy(compress(resnet56, prune_ratio=0.0, bits=6, method="udfc").model, *half)
     assert q >= fp_accuracy - 1.0, (q, fp_accuracy)
 
 
-def test_udfc_plus_meets_the_research_targets(resnet56, cifar, fp_accuracy):
-    nm = accuracy(compress(resnet56, prune_ratio=0.3, bits=None, method="nm").model, *cifar)
-    plus = accuracy(compress(resnet56, prune_ratio=0.3, bits=None).model, *cifar)
+def test_udfc_plus_meets_the_research_targets(resnet56, half, fp_accuracy):
+    nm = accuracy(compress(resnet56, prune_ratio=0.3, bits=None, method="nm").model, *half)
+    plus = accuracy(compress(resnet56, prune_ratio=0.3, bits=None).model, *half)
     assert plus >= nm + 3, (plus, nm)
-    both = accuracy(compress(resnet56, prune_ratio=0.3, bits=4).model, *cifar)
+    both = accuracy(compress(resnet56, prune_ratio=0.3, bits=4).model, *half)
     assert both >= fp_accuracy - 10, (both, fp_accuracy)
-    quant = accuracy(compress(resnet56, prune_ratio=0.0, bits=4).model, *cifar)
+    quant = accuracy(compress(resnet56, prune_ratio=0.0, bits=4).model, *half)
     assert quant >= fp_accuracy - 2, (quant, fp_accuracy)
