@@ -263,3 +263,13 @@ def test_a_loaded_artifact_can_be_compressed_again(saved, tmp_path):
 def test_save_rejects_other_objects(tmp_path):
     with pytest.raises(InvalidArgumentError, match="result of udfc_hub.compress"):
         save_pretrained(timm.create_model("resnet18"), tmp_path / "x")
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.2])
+def test_a_pruned_artifact_quantized_again_keeps_its_widths(saved, tmp_path, ratio):
+    """Compressing a loaded artifact again (quantize only, or prune more) records the first pruning's shapes too."""
+    loaded = _load_timm(saved)
+    again = compress(loaded, prune_ratio=ratio, bits=4)
+    folder = save_pretrained(again, tmp_path / "again")
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(_logits(_load_timm(folder), x), _logits(again.model, x))

@@ -118,3 +118,17 @@ def test_manifest_of_both_layouts():
     del broken["udfc"]
     with pytest.raises(ArtifactError, match="no udfc block"):
         Manifest.from_config(broken)
+
+
+def test_a_format_1_artifact_quantized_again_saves_at_format_2(tmp_path):
+    model = timm.create_model(f"local-dir:{TIMM_V1}", pretrained=True)
+    again = udfc_hub.compress(model, prune_ratio=0.0, bits=4)
+    folder = udfc_hub.save_pretrained(again, tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_args"]["format_version"] == 2
+    assert (
+        config["model_args"]["channels"] == json.loads((TIMM_V1 / "config.json").read_text())["model_args"]["channels"]
+    )
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(timm.create_model(f"local-dir:{folder}", pretrained=True).eval()(x), again.model.eval()(x))

@@ -67,7 +67,7 @@ def pack_model(result: CompressionResult, base_model: str | None = None) -> nn.M
     model.udfc_manifest = Manifest(
         base_architecture=base,
         base_args={} if transformers_native else constructor_args(model, base),
-        channels={r.name: r.kept_channels for r in result.report.layers if r.kept_channels < r.out_channels},
+        channels=resized_channels(result),
         shapes=resized_shapes(result),
         bits=result.report.config.bits,
         quantized_layers={name: tuple(qt.scale.shape) for name, qt in result.quantized.items()},
@@ -84,11 +84,37 @@ def pack_model(result: CompressionResult, base_model: str | None = None) -> nn.M
     return model.eval()
 
 
+def _loaded_manifest(model: nn.Module) -> Manifest | None:
+    """The manifest of the artifact ``model`` was loaded from (timm layout or transformers twin), if any."""
+    manifest = getattr(model, "udfc_manifest", None)
+    block = getattr(getattr(model, "config", None), "udfc", None)
+    if manifest is None and isinstance(block, dict):
+        manifest = Manifest.from_udfc_block(block)
+    return manifest
+
+
+def resized_channels(result: CompressionResult) -> dict[str, int]:
+    """Kept output channels of every pruned producer, this compression's and an earlier one's (a loaded artifact)."""
+    channels = {}
+    previous = _loaded_manifest(result.model)
+    for name in previous.channels if previous is not None else ():
+        channels[name] = int(result.model.get_submodule(name).weight.shape[0])
+    for r in result.report.layers:
+        if r.kept_channels < r.out_channels:
+            channels[r.name] = r.kept_channels
+    return channels
+
+
 def resized_shapes(result: CompressionResult) -> dict[str, tuple[int, ...]]:
     """The weight shape of every module that pruning resized: each pruned group's producer, its norm, the modules
-    aligned with it and its consumers (config.json's ``shapes``; the loader then needs no adapter)."""
+    aligned with it and its consumers (config.json's ``shapes``; the loader then needs no adapter). A model loaded
+    from an artifact and compressed again keeps the shapes its first compression gave (even where this one prunes
+    nothing more: quantizing a pruned artifact further)."""
     pruned = {r.name for r in result.report.layers if r.kept_channels < r.out_channels}
-    names: list[str] = []
+    previous = _loaded_manifest(result.model)
+    names: list[str] = list(previous.shapes) if previous is not None else []
+    if previous is not None and previous.needs_spec:  # format 1: its kept widths name the producers
+        pruned |= set(previous.channels)
     for g in result.spec.groups:
         if g.producer.name in pruned:
             names += [g.producer.name, *([g.producer.norm] if g.producer.norm else []), *g.aligned]
