@@ -63,8 +63,7 @@ _BINARY = {
 }  # fmt: skip
 _POOL = {
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_max_pool1d", "adaptive_max_pool2d", "avg_pool1d",
-    "avg_pool2d", "max_pool1d", "max_pool2d", "fn", "_max_pool2d", "interpolate", "upsample", "upsample_nearest",
-    "upsample_bilinear", "pixel_unshuffle_like",
+    "avg_pool2d", "max_pool1d", "max_pool2d", "interpolate",
 }  # fmt: skip
 _REDUCE = {"mean", "sum", "amax", "amin", "max", "min", "nanmean"}
 _COMMUTING = _HOMOGENEOUS | {"pool", "mean", "sum", "amax", "amin", "max", "min", "reshape", "mul_scalar"}
@@ -213,8 +212,10 @@ class _Recorder(TorchFunctionMode):
         x = args[0]
         if name == "get" and getattr(getattr(func, "__self__", None), "__name__", None) != "shape":
             return False
-        dims = self.dims[id(x)]
+        dims = self.dims.get(id(x))
         d = _arg(args, kwargs, 1, "dim") if name == "size" else None
+        if dims is None or not isinstance(d, (int, type(None))):
+            return True
         for i in range(x.ndim) if d is None else [d % x.ndim]:
             if x.shape[i] > 1:
                 self.read_sizes.setdefault(int(x.shape[i]), set()).add(dims[i])
@@ -275,7 +276,7 @@ class _Recorder(TorchFunctionMode):
         da, db = self.data_dims(a), self.data_dims(b)
         if da is None and db is None:
             return
-        if da is None:  # constant op data: treat as data op constant
+        if da is None:  # a constant first (2 * x, bias - x): make a the data operand
             a, b, da, db = b, a, db, da
         out = outs[0]
         if db is None:  # the other operand is a number or a constant tensor (a parameter, a buffer)

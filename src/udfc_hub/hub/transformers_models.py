@@ -1,12 +1,14 @@
-"""transformers-native twins of ResNet, ConvNeXt and ViT image classifiers with per-layer widths and packed weights.
+"""transformers-native twins of image classifiers with per-layer widths and packed weights.
 
 A compressed ``ResNetForImageClassification`` cannot load into the stock class (its widths differ per layer, and
 its quantized layers store packed codes), so it is saved under its own ``model_type``: ``udfc_resnet``,
-``udfc_convnext`` or ``udfc_vit``. Importing ``udfc_hub`` registers these with ``AutoConfig`` and
+``udfc_convnext``, ``udfc_vit`` (the classes written out below, as round 1 saved them) and ``udfc_<model_type>``
+for every other ``*ForImageClassification`` class of transformers' Auto mapping (``make_twin``: Swin, DeiT, BEiT,
+MobileNetV2, EfficientNet, RegNet, DINOv2, ...). Importing ``udfc_hub`` registers them all with ``AutoConfig`` and
 ``AutoModelForImageClassification``; without the import, transformers fails loudly ("does not recognize this
 architecture") instead of loading random weights. The config is the base config plus a ``udfc`` block (format
-version, kept channels, bits, scale shapes, provenance); the model class builds the base model, shrinks and
-quantizes it to match, and transformers' own loader fills it from ``model.safetensors``.
+version, kept channels, resized shapes, bits, scale shapes, provenance); the model class builds the base model,
+shrinks and quantizes it to match, and transformers' own loader fills it from ``model.safetensors``.
 """
 
 from __future__ import annotations
