@@ -127,6 +127,7 @@ def removal_error(model: nn.Module, spec: ModelSpec, input_size: tuple[int, ...]
 
     import torch
 
+    from ..evaluation import logits_of
     from ..surgery import slice_channels
 
     zeroed, removed = copy.deepcopy(model).eval(), copy.deepcopy(model).eval()
@@ -143,9 +144,5 @@ def removal_error(model: nn.Module, spec: ModelSpec, input_size: tuple[int, ...]
             slice_channels(removed.get_submodule(c.name), keep, c.dim)
     x = torch.randn(2, *input_size)
     with torch.no_grad():
-        a, b = (_logits(m(x)) for m in (zeroed, removed))
+        a, b = (logits_of(m(x)) for m in (zeroed, removed))
     return float((a - b).abs().max() / a.abs().max().clamp(min=1e-30))
-
-
-def _logits(out):
-    return out.logits if hasattr(out, "logits") else out
