@@ -35,6 +35,7 @@ _EXPORTS = {
     "CompressionConfig": "config",
     "compress": "engine",
     "evaluate": "evaluation",
+    "export_onnx": "export",
     "check_artifact": "hub",
     "pack_model": "hub",
     "save_pretrained": "hub",
@@ -46,7 +47,20 @@ _EXPORTS = {
     "LayerReport": "report",
     "sweep": "sweeps",
 }
-_SUBMODULES = ("adapters", "api", "config", "engine", "evaluation", "hub", "models", "ops", "probe", "steps", "sweeps")
+_SUBMODULES = (
+    "adapters",
+    "api",
+    "config",
+    "engine",
+    "evaluation",
+    "export",
+    "hub",
+    "models",
+    "ops",
+    "probe",
+    "steps",
+    "sweeps",
+)
 
 __all__ = [
     "ArtifactError",
@@ -70,6 +84,7 @@ __all__ = [
     "compress_and_push",
     "describe_model",
     "evaluate",
+    "export_onnx",
     "load_model",
     "pack_model",
     "profile_model",

@@ -22,6 +22,7 @@ EXAMPLES = {
   udfc-hub compress resnet34 --prune 0.3 --bits 6 --out resnet34-udfc
   udfc-hub compress cifar_resnet56 --checkpoint resnet56-4bfd9763.th --bits 4 --out r56-w4 --eval cifar10.npz
   udfc-hub compress resnet50.a1_in1k --method udfc --out r50 --push me/resnet50-udfc-p30-w6
+  udfc-hub compress resnet50.a1_in1k --prune 0 --bits 8 --act-bits 8 --out r50-w8a8      W8A8, for int8 runtimes
 """,
     "eval": """examples:
   udfc-hub eval resnet34-udfc --data imagenet_sample/ --reference resnet34
@@ -34,6 +35,10 @@ EXAMPLES = {
     "push": """examples:
   udfc-hub push resnet34-udfc me/resnet34-udfc-p30-w6
   udfc-hub push resnet34-udfc me/resnet34-udfc-p30-w6 --create-pr --message "6-bit version"
+""",
+    "export": """examples:
+  udfc-hub export r50-w8a8 --onnx r50-w8a8.onnx           int8 QDQ model for ONNX Runtime
+  udfc-hub export r50-w8a8 --onnx r50.onnx --exact-rounding   round only where the PyTorch model does
 """,
     "sweep": """examples:
   udfc-hub sweep resnet18 resnet50 --prune 0,0.3 --bits 4,6 --data imagenet_sample/ --out sweep --select max_drop=1
@@ -92,7 +97,7 @@ def _bits(text: str) -> int | None:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give 2..8, or 'none' for float") from None
     if not 2 <= value <= 8:
-        raise argparse.ArgumentTypeError(f"{value} is outside 2..8; give 2..8, or 'none' for float weights")
+        raise argparse.ArgumentTypeError(f"{value} is outside 2..8; give 2..8, or 'none' for float")
     return value
 
 
@@ -248,6 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to main")
     p.add_argument("--revision", help="branch to commit to (default: main)")
     p.add_argument("--message", help="commit message")
+
+    p = add("export", "export a saved folder to ONNX in QDQ form (int8 kernels in ONNX Runtime)")
+    p.add_argument("folder", metavar="DIR", help="a folder written by `udfc-hub compress --out`")
+    p.add_argument("--onnx", required=True, metavar="FILE", help="the ONNX file to write, e.g. model.onnx")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing FILE")
+    p.add_argument("--exact-rounding", action="store_true",
+                   help="round only where the PyTorch model does (float kernels: slower)")  # fmt: skip
+    p.add_argument("--opset", type=int, default=17, metavar="N", help="ONNX opset, 13..21 (default 17)")
 
     p = add("sweep", "compress, evaluate and save a grid of models x prune ratios x bits x methods (on Ray too)")
     p.add_argument(
@@ -604,6 +617,37 @@ def cmd_push(args) -> dict[str, Any]:
     return {"ok": True, "url": url, "repo_id": args.repo_id}
 
 
+def cmd_export(args) -> dict[str, Any]:
+    from .export import export_onnx
+
+    folder, target = Path(args.folder), Path(args.onnx)
+    if not (folder / "config.json").is_file():
+        raise UsageError(
+            f"{folder} is not a saved folder (no config.json); give a folder written by `udfc-hub compress`"
+        )
+    if target.exists() and not args.overwrite:
+        raise UsageError(f"{target} exists; pass --overwrite to replace it")
+    _say(args, f"exporting {folder} to {target} (ONNX opset {args.opset}) ...")
+    out = export_onnx(folder, target, opset=args.opset, int8_outputs=not args.exact_rounding)
+    _say(
+        args,
+        f"wrote {out.path} ({out.bytes / 1e6:.2f} MB): {out.int8_weights} int8 weight tensors, "
+        f"{out.quantized_inputs} quantized layer inputs, {out.folded_norms} BatchNorms folded, "
+        f"{out.output_quantizers} output quantizers; ONNX Runtime vs PyTorch on a random batch: max |diff| "
+        f"{out.max_abs_diff:.2e}" + "".join(f"\nnote: {n}" for n in out.notes),
+    )
+    return {
+        "ok": True,
+        "path": str(out.path),
+        "bytes": out.bytes,
+        "int8_weights": out.int8_weights,
+        "quantized_inputs": out.quantized_inputs,
+        "folded_norms": out.folded_norms,
+        "output_quantizers": out.output_quantizers,
+        "max_abs_diff": out.max_abs_diff,
+    }
+
+
 def _what_was_done(result) -> str:
     """Which layers were pruned, and at what bit width and granularity the weights were quantized."""
     rep, cfg = result.report, result.report.config
@@ -616,6 +660,8 @@ def _what_was_done(result) -> str:
         text = "pruned nothing"
     if cfg.bits is not None:
         text += f"; {len(result.quantized)} layers quantized to {cfg.bits}-bit ({cfg.granularity} scales)"
+    if cfg.act_bits is not None:
+        text += f", their inputs to {cfg.act_bits}-bit"
     notes = "".join(f"\nnote: {n}" for n in rep.notes)
     return f"{text} with method {cfg.method}{notes}"
 
@@ -736,6 +782,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "inspect": cmd_inspect,
     "push": cmd_push,
+    "export": cmd_export,
     "sweep": cmd_sweep,
     "demo": cmd_demo,
 }

@@ -31,6 +31,8 @@ __all__ = [
     "REFERENCES",
     "CRITERIA",
     "GRANULARITIES",
+    "GRIDS",
+    "ACT_RANGES",
     "NM_VARIANTS",
     "MIN_BITS",
     "MAX_BITS",
@@ -44,6 +46,8 @@ LAYER_RATIOS = ("uniform", "adaptive")
 REFERENCES = ("compensated", "original")
 CRITERIA = ("l1", "l2")  # ops.prune.CRITERIA; a test keeps them equal
 GRANULARITIES = ("tensor", "channel")  # ops.quantize.GRANULARITIES
+GRIDS = ("dorefa", "int")  # ops.quantize.GRIDS
+ACT_RANGES = ("max", "mse")  # ops.activations.ACT_RANGES
 NM_VARIANTS = ("code", "derived")  # ops.prune.NM_VARIANTS
 MIN_BITS, MAX_BITS = 2, 8  # ops.quantize.MIN_BITS / MAX_BITS
 
@@ -90,12 +94,34 @@ class CompressionConfig:
     bits: int | None = _option(
         6, f"weight bits {MIN_BITS}..{MAX_BITS}, or none for full-precision weights (prune only)", kind="bits"
     )
+    act_bits: int | None = _option(
+        None,
+        f"activation bits {MIN_BITS}..{MAX_BITS}: quantize every quantized layer's input, with ranges chosen "
+        "without data (needs weight bits); none = float activations",
+        kind="bits",
+    )
     criterion: str = _option("l2", "filter norm that picks the kept channels", choices=CRITERIA, kind="choice")
     granularity: str = _option(
         "channel",
         "quantizer scale per output channel, or one per tensor (the paper)",
         choices=GRANULARITIES,
         kind="choice",
+    )
+    act_range: str = _option(
+        "max",
+        "activation range from the BN-matched probe: max (its extremes) or mse (the clip that minimises the "
+        "expected error under the probe's Gaussian model; clips real activations too hard, see docs/method.md)",
+        choices=ACT_RANGES,
+        kind="choice",
+        advanced=True,
+    )
+    grid: str | None = _option(
+        None,
+        "weight grid: dorefa (the paper: 2^k levels, no zero) or int (2^k - 1 levels with zero, the int8 runtimes' "
+        "grid); default: int with --act-bits, else dorefa",
+        choices=GRIDS,
+        kind="choice",
+        advanced=True,
     )
     fit: str | None = _option(
         None,
@@ -183,12 +209,29 @@ class CompressionConfig:
             raise InvalidArgumentError(
                 f"bits must be an integer in {MIN_BITS}..{MAX_BITS}, or None for full precision; got {bits!r}."
             )
+        act = self.act_bits
+        if act is not None and (
+            isinstance(act, bool) or not isinstance(act, Integral) or not MIN_BITS <= act <= MAX_BITS
+        ):
+            raise InvalidArgumentError(
+                f"act_bits must be an integer in {MIN_BITS}..{MAX_BITS}, or None for float activations; got {act!r}."
+            )
+        if act is not None and bits is None:
+            raise InvalidArgumentError(
+                f"act_bits={act} needs weight bits too: activations are quantized at the inputs of the quantized "
+                f"layers. Set bits (e.g. bits={act}), or act_bits=None for float activations."
+            )
+        if self.act_range != "max" and act is None:
+            raise InvalidArgumentError(
+                f"act_range={self.act_range!r} applies to quantized activations; set act_bits too."
+            )
         if ratio == 0 and bits is None:
             raise InvalidArgumentError(
                 "Nothing to do: prune_ratio=0 and bits=None. Set a prune_ratio in (0, 1), bits in 2..8, or both."
             )
         object.__setattr__(self, "prune_ratio", float(ratio))
         object.__setattr__(self, "bits", None if bits is None else int(bits))
+        object.__setattr__(self, "act_bits", None if act is None else int(act))
 
     def _check_field(self, f: dataclasses.Field) -> None:
         value, meta = getattr(self, f.name), f.metadata
@@ -248,11 +291,24 @@ class CompressionConfig:
     def resolved(self) -> CompressionConfig:
         """The same options with every None that the method decides filled in (what the engine runs)."""
         fills = {k: v for k, v in PRESETS[self.method].items() if getattr(self, k) is None and v is not None}
+        if self.grid is None:
+            fills["grid"] = "int" if self.act_bits is not None else "dorefa"
         return self.replace(**fills) if fills else self
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values in field order (config.json's ``udfc.compression``)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """Plain values in field order (config.json's ``udfc.compression``).
+
+        The activation options are left out where they take their default (float activations, the grid the
+        other options imply), so weight-only settings read as they did before they existed (older readers
+        refuse unknown keys; sweep cells keep their keys)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if out["act_bits"] is None:
+            del out["act_bits"]
+        if out["act_range"] == "max" and self.act_bits is None:
+            del out["act_range"]
+        if out["grid"] in (None, "int" if self.act_bits is not None else "dorefa"):
+            del out["grid"]
+        return out
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> CompressionConfig:

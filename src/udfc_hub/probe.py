@@ -11,15 +11,25 @@ was (running statistics, ``num_batches_tracked``, train/eval flags).
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Conv2dSame, pad_same
 
+from .ops.activations import ActRange, choose_range, fake_quantize
 from .profile import input_device_dtype
 
-__all__ = ["has_batchnorm", "probe_input_means", "probe_batch_size"]
+__all__ = [
+    "has_batchnorm",
+    "bn_matched",
+    "probe_input",
+    "probe_input_means",
+    "probe_activation_ranges",
+    "probe_batch_size",
+    "tap_means",
+]
 
 _TARGET_POSITIONS = 1 << 16  # images x pixels of the probe input; 64 images at 32x32, 8 at 224x224
 
@@ -34,24 +44,10 @@ def probe_batch_size(input_size: tuple[int, ...]) -> int:
     return max(8, min(64, round(_TARGET_POSITIONS / max(pixels, 1))))
 
 
-@torch.no_grad()
-def probe_input_means(
-    model: nn.Module, names: list[str], input_size: tuple[int, ...], batch: int | None = None, seed: int = 0
-) -> dict[str, torch.Tensor]:
-    """Mean input of each named conv / linear under the BN-matched Gaussian probe, in float64.
-
-    A conv gets ``(C_in, kh, kw)``: the mean input under each kernel tap, averaged over output positions (zero
-    padding included, so border effects are exact for a spatially constant mean). A linear gets ``(C_in,)``.
-    """
-    batch = batch or probe_batch_size(input_size)
-    means: dict[str, torch.Tensor] = {}
-    handles = []
-    for name in names:
-        module = model.get_submodule(name)
-        if isinstance(module, nn.Conv2d):
-            handles.append(module.register_forward_pre_hook(_conv_hook(name, means)))
-        elif isinstance(module, nn.Linear):
-            handles.append(module.register_forward_pre_hook(_linear_hook(name, means)))
+@contextmanager
+def bn_matched(model: nn.Module):
+    """Every BatchNorm normalises by its batch statistics inside the block; the model is left exactly as it was
+    (running statistics bit for bit, ``num_batches_tracked``, train/eval flags)."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [
         (m.training, m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
@@ -63,44 +59,120 @@ def probe_input_means(
         for m in norms:
             m.train()
             m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: the running statistics stay bit-exact
-        device, dtype = input_device_dtype(model)
-        generator = torch.Generator().manual_seed(seed)
-        model(torch.randn((batch, *input_size), generator=generator).to(device=device, dtype=dtype))
+        yield
     finally:
-        for h in handles:
-            h.remove()
         for m, (training, momentum, tracked) in zip(norms, saved, strict=True):
             m.train(training)
             m.momentum = momentum
             if tracked is not None:
                 m.num_batches_tracked.copy_(tracked)
         model.train(was_training)
+
+
+def probe_input(model: nn.Module, input_size: tuple[int, ...], batch: int | None = None, seed: int = 0):
+    """The probe's standard-normal input batch, on the model's device and dtype."""
+    batch = batch or probe_batch_size(input_size)
+    device, dtype = input_device_dtype(model)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn((batch, *input_size), generator=generator).to(device=device, dtype=dtype)
+
+
+@torch.no_grad()
+def probe_input_means(
+    model: nn.Module, names: list[str], input_size: tuple[int, ...], batch: int | None = None, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Mean input of each named conv / linear under the BN-matched Gaussian probe, in float64.
+
+    A conv gets ``(C_in, kh, kw)``: the mean input under each kernel tap, averaged over output positions (zero
+    padding included, so border effects are exact for a spatially constant mean). A linear gets ``(C_in,)``.
+    """
+    means: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def record(module, inputs):
+            means[name] = tap_means(module, inputs[0])
+
+        return record
+
+    handles = [
+        model.get_submodule(n).register_forward_pre_hook(hook(n))
+        for n in names
+        if isinstance(model.get_submodule(n), (nn.Conv2d, nn.Linear))
+    ]
+    try:
+        with bn_matched(model):
+            model(probe_input(model, input_size, batch, seed))
+    finally:
+        for h in handles:
+            h.remove()
     return means
 
 
-def _linear_hook(name: str, out: dict):
-    def hook(module, inputs):
-        x = inputs[0].detach().to(torch.float64)
-        out[name] = x.reshape(-1, x.shape[-1]).mean(0).cpu()
+def tap_means(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` as a layer sees it: ``(C,)`` for a linear, ``(C, kh, kw)`` per kernel tap for a conv
+    (averaged over images and output positions, zero padding included), float64 on the CPU."""
+    if isinstance(module, nn.Linear):
+        x = x.detach().to(torch.float64)
+        return x.reshape(-1, x.shape[-1]).mean(0).cpu()
+    x = x.detach().to(torch.float64).mean(0, keepdim=True)  # (1, C, H, W)
+    padding = module.padding
+    if isinstance(module, Conv2dSame):  # timm's TF "same" padding (its quantized twin too), done in forward
+        x, padding = pad_same(x, module.kernel_size, module.stride, module.dilation), (0, 0)
+    elif padding == "valid":
+        padding = (0, 0)
+    elif padding == "same":
+        padding = tuple(d * (k - 1) // 2 for k, d in zip(module.kernel_size, module.dilation, strict=True))
+    if module.padding_mode != "zeros" and any(padding):
+        ph, pw = padding
+        x, padding = F.pad(x, (pw, pw, ph, ph), mode=module.padding_mode), (0, 0)
+    cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride)
+    kh, kw = module.kernel_size
+    return cols[0].mean(-1).reshape(x.shape[1], kh, kw).cpu()
 
-    return hook
 
+@torch.no_grad()
+def probe_activation_ranges(
+    model: nn.Module,
+    names: list[str],
+    input_size: tuple[int, ...],
+    bits: int,
+    image: ActRange | None = None,
+    batch: int | None = None,
+    seed: int = 0,
+    method: str = "max",
+) -> dict[str, tuple[ActRange, torch.Tensor | None]]:
+    """The input grid of each named layer, chosen on its input under the BN-matched probe (``choose_range``'s
+    ``method``), and the mean
+    quantization error ``E[x^ - x]`` each layer then sees (per kernel tap, as ``tap_means``).
 
-def _conv_hook(name: str, out: dict):
-    def hook(module, inputs):
-        x = inputs[0].detach().to(torch.float64).mean(0, keepdim=True)  # (1, C, H, W)
-        padding = module.padding
-        if isinstance(module, Conv2dSame):  # timm's TF "same" padding (its quantized twin too), done in forward
-            x, padding = pad_same(x, module.kernel_size, module.stride, module.dilation), (0, 0)
-        elif padding == "valid":
-            padding = (0, 0)
-        elif padding == "same":
-            padding = tuple(d * (k - 1) // 2 for k, d in zip(module.kernel_size, module.dilation, strict=True))
-        if module.padding_mode != "zeros" and any(padding):
-            ph, pw = padding
-            x, padding = F.pad(x, (pw, pw, ph, ph), mode=module.padding_mode), (0, 0)
-        cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride)
-        kh, kw = module.kernel_size
-        out[name] = cols[0].mean(-1).reshape(x.shape[1], kh, kw).cpu()
+    Layers run in forward order and each sees the quantized input it will see after compression, so a layer's
+    range is chosen on what the quantized layers before it pass on. A layer that reads the model's input (the
+    stem) gets ``image``, the range of every normalised image, when given (its error is then not measured: the
+    probe's Gaussian noise is not an image; ``image`` has its own bits). A module called twice keeps its first
+    call's range. Layers the probe never reaches are missing from the result.
+    """
+    x0 = probe_input(model, input_size, batch, seed)
+    found: dict[str, tuple[ActRange, torch.Tensor | None]] = {}
 
-    return hook
+    def hook(name):
+        def quantize(module, inputs):
+            x = inputs[0]
+            if name not in found:
+                reads_image = image is not None and x.data_ptr() == x0.data_ptr() and x.shape == x0.shape
+                act = image if reads_image else choose_range(x, bits, method)
+                xq = fake_quantize(x, act.scale, act.zero_point, act.bits)
+                found[name] = (act, None if reads_image else tap_means(module, xq - x))
+                return (xq, *inputs[1:])
+            act = found[name][0]
+            return (fake_quantize(x, act.scale, act.zero_point, act.bits), *inputs[1:])
+
+        return quantize
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
+    try:
+        with bn_matched(model):
+            model(x0)
+    finally:
+        for h in handles:
+            h.remove()
+    return found

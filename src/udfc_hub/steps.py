@@ -160,7 +160,7 @@ class QuantizedLayer:
 def quantize_layer(mod: nn.Module, norm: nn.Module | None, cfg: CompressionConfig) -> QuantizedLayer:
     """Quantize ``mod.weight`` to ``cfg.bits`` and solve the quantization correction of ``cfg``."""
     w = mod.weight.detach()
-    qt = quantize_dorefa(w, cfg.bits, cfg.granularity)
+    qt = quantize_dorefa(w, cfg.bits, cfg.granularity, cfg.grid or "dorefa")
     wq = qt.dequantize(w.dtype).to(w.device)
     out = QuantizedLayer(qt, wq, float((wq - w).norm() / w.norm().clamp(min=1e-30)))
     if cfg.quant_correction == "udfc":
@@ -178,7 +178,7 @@ def quantize_layer(mod: nn.Module, norm: nn.Module | None, cfg: CompressionConfi
 
 def _rescaled(qt: QuantizedTensor, t: torch.Tensor) -> QuantizedTensor:
     shape = (-1,) + (1,) * (qt.codes.ndim - 1)
-    return QuantizedTensor(qt.codes, qt.scale * t.to(qt.scale).reshape(shape), qt.bits)
+    return QuantizedTensor(qt.codes, qt.scale * t.to(qt.scale).reshape(shape), qt.bits, qt.grid)
 
 
 @torch.no_grad()

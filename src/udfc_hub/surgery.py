@@ -1,11 +1,14 @@
-"""In-place module surgery: replace a parameter, keep a subset of channels, keep shape attributes true."""
+"""In-place module surgery: replace a parameter, keep a subset of channels, keep shape attributes true, give a
+layer an input quantizer."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-__all__ = ["set_param", "slice_channels", "sync_shape_attrs"]
+from .ops.activations import ActRange, fake_quantize
+
+__all__ = ["set_param", "slice_channels", "sync_shape_attrs", "install_input_quantizer", "input_range"]
 
 
 def set_param(module: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -46,3 +49,32 @@ def sync_shape_attrs(module: nn.Module) -> None:
         module.out_features, module.in_features = w.shape[0], w.shape[1]
     elif isinstance(module, nn.modules.batchnorm._NormBase):
         module.num_features = w.shape[0]
+
+
+def _quantize_input(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: the layer sees its input rounded onto its activation grid."""
+    x = fake_quantize(args[0], module.input_scale, module.input_zero_point, module.act_bits)
+    return (x, *args[1:])
+
+
+def install_input_quantizer(module: nn.Module, act: ActRange | None = None, bits: int | None = None) -> nn.Module:
+    """Quantize ``module``'s input on every call: buffers ``input_scale`` (float32) and ``input_zero_point``
+    (int32), both 0-d, saved in the state dict; ``act`` fills them (a loader passes ``bits`` and loads them).
+
+    Installing twice replaces the values and keeps a single hook."""
+    bits = act.bits if act is not None else bits
+    module.act_bits = int(bits)
+    scale = act.scale if act is not None else 1.0
+    zero = act.zero_point if act is not None else 0
+    module.register_buffer("input_scale", torch.tensor(scale, dtype=torch.float32))
+    module.register_buffer("input_zero_point", torch.tensor(zero, dtype=torch.int32))
+    if _quantize_input not in module._forward_pre_hooks.values():
+        module.register_forward_pre_hook(_quantize_input)
+    return module
+
+
+def input_range(module: nn.Module) -> ActRange | None:
+    """The activation grid ``install_input_quantizer`` gave ``module``, or None."""
+    if getattr(module, "act_bits", None) is None or not hasattr(module, "input_scale"):
+        return None
+    return ActRange(float(module.input_scale), int(module.input_zero_point), int(module.act_bits))

@@ -26,8 +26,9 @@ from safetensors.torch import load_file, save
 from ..engine import CompressionResult
 from ..errors import ArtifactError, InvalidArgumentError
 from ..profile import ModelStats, profile_model
+from ..surgery import input_range
 from .card import render_card
-from .format import FORMAT, FORMAT_VERSION
+from .format import ACT_FORMAT_VERSION, FORMAT, FORMAT_VERSION
 from .manifest import Manifest, Provenance, read_config_file
 from .quantized import convert_to_packed
 from .repo_id import check_repo_id
@@ -63,8 +64,16 @@ def pack_model(result: CompressionResult, base_model: str | None = None) -> nn.M
     base_model = base_model or source
     license_ = (getattr(model, "pretrained_cfg", None) or {}).get("license") if base_model else None
     for name, qt in result.quantized.items():
-        convert_to_packed(model.get_submodule(name), qt.bits, tuple(qt.scale.shape)).set_codes(qt)
+        convert_to_packed(model.get_submodule(name), qt.bits, tuple(qt.scale.shape), qt.grid).set_codes(qt)
+    ranges = {name: input_range(model.get_submodule(name)) for name in result.quantized}
+    act_layers = {name: r.bits for name, r in ranges.items() if r is not None}
+    act_bits = result.report.config.act_bits or (min(act_layers.values()) if act_layers else None)
+    grid = next(iter({qt.grid for qt in result.quantized.values()} or {"dorefa"}))
     model.udfc_manifest = Manifest(
+        format_version=ACT_FORMAT_VERSION if act_layers or grid != "dorefa" else FORMAT_VERSION,
+        grid=grid,
+        act_bits=act_bits,
+        act_layers=act_layers,
         base_architecture=base,
         base_args={} if transformers_native else constructor_args(model, base),
         channels=resized_channels(result),

@@ -73,6 +73,17 @@ _METHOD_TEXT = {
 }
 
 
+def _quantization_done(manifest: Manifest, settings: dict) -> list[str]:
+    bits, act = settings["bits"], manifest.act_bits
+    done = []
+    if bits is not None:
+        grid = ", integer grid" if manifest.grid == "int" else ""
+        done.append(f"{bits}-bit weights ({settings['granularity']} scales{grid})")
+    if act is not None:
+        done.append(f"{act}-bit activations (W{bits}A{act}: the input of every quantized layer, ranges without data)")
+    return done
+
+
 def render_card(
     manifest: Manifest,
     *,
@@ -99,13 +110,15 @@ def render_card(
     done = []
     if ratio > 0:
         done.append(f"{ratio:.0%} of the prunable channels removed ({settings['criterion']} criterion)")
-    if bits is not None:
-        done.append(f"{bits}-bit weights ({settings['granularity']} scales)")
+    act = manifest.act_bits
+    done += _quantization_done(manifest, settings)
     tags = ["udfc", "data-free", "image-classification", library]
     if ratio > 0:
         tags.append("pruned")
     if bits is not None:
         tags += ["quantized", f"{bits}-bit"]
+    if act is not None:
+        tags.append(f"w{bits}a{act}")
 
     eval_results = None
     if "top1" in acc:
@@ -149,6 +162,8 @@ def render_card(
         n = f" ({acc['n']} images)" if "n" in acc else ""
         accuracy_note = f"Accuracy measured by udfc-hub on {where}{n}."
     storage = f"{bits}-bit codes packed densely with their scales" if bits is not None else "float32 tensors"
+    if act is not None:
+        storage += ", next to the input scale and zero point of each quantized layer"
     kind = "transformers" if library == "transformers" else "timm"
     base_description = f"[{base_model}](https://huggingface.co/{base_model})" if base_model else f"{kind} `{base_arch}`"
 
@@ -158,7 +173,7 @@ def render_card(
         method_description=_METHOD_TEXT.get(settings.get("method"), _METHOD_TEXT["udfc"]),
         model_name=markdown_text(name),
         base_description=base_description,
-        what_was_done=" and ".join(done),
+        what_was_done=", ".join(done[:-1]) + " and " + done[-1] if len(done) > 1 else "".join(done),
         comparison=comparison,
         accuracy_note=accuracy_note,
         load_literal=python_literal(f"hf-hub:{repo}"),
@@ -166,6 +181,7 @@ def render_card(
         architecture=architecture,
         library=library,
         storage=storage,
+        act_bits=act,
         settings=list(prov.config.to_dict().items()),  # field order, whatever order the file kept
     )
     return str(card).rstrip() + "\n"

@@ -1,7 +1,10 @@
 """The artifact format's name and version (bump the version when the layout of the files changes)."""
 
 FORMAT = "udfc-packed"
+# 3: activation quantization ("act_bits", "act_layers": input scales and zero points in the weights file) and the
+#    weight grid ("grid": "int"); written only by artifacts that use them, every other artifact stays version 2.
 # 2: config.json stores the weight shape of every resized module ("shapes"), so loading needs no adapter.
 # 1: kept widths per pruned producer only ("channels"); the loader re-derives the other shapes with the adapter.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 2  # what a weight-only artifact on the paper's grid is written as
+ACT_FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)

@@ -21,10 +21,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..config import MAX_BITS, MIN_BITS, CompressionConfig
+from ..config import GRIDS, MAX_BITS, MIN_BITS, CompressionConfig
 from ..errors import ArtifactError, InvalidArgumentError
-from ..surgery import slice_channels
-from .format import FORMAT, FORMAT_VERSION, READABLE_VERSIONS
+from ..surgery import install_input_quantizer, slice_channels
+from .format import ACT_FORMAT_VERSION, FORMAT, FORMAT_VERSION, READABLE_VERSIONS
 from .quantized import convert_to_packed
 
 __all__ = ["Manifest", "Provenance", "check_format", "read_config_file"]
@@ -124,6 +124,9 @@ class Manifest:
     format_version: int = field(default=FORMAT_VERSION)
     base_args: dict[str, Any] = field(default_factory=dict)  # non-default constructor arguments of the base
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # format 2: resized module -> weight shape
+    grid: str = "dorefa"  # format 3: the weight grid of the quantized layers
+    act_bits: int | None = None  # format 3: the activation bits asked for
+    act_layers: dict[str, int] = field(default_factory=dict)  # format 3: layer -> bits of its quantized input
 
     def __post_init__(self) -> None:
         check_format(self.format_version)
@@ -160,6 +163,36 @@ class Manifest:
                 )
         object.__setattr__(self, "shapes", {k: tuple(v) for k, v in self.shapes.items()})
         _check_base_args(self.base_args)
+        self._check_activations()
+
+    def _check_activations(self) -> None:
+        if self.grid not in GRIDS:
+            raise ArtifactError(f"config.json: grid must be one of {', '.join(GRIDS)}; got {self.grid!r}.")
+        act = self.act_bits
+        if act is not None and (isinstance(act, bool) or act not in range(MIN_BITS, MAX_BITS + 1)):
+            raise ArtifactError(f"config.json: act_bits must be an integer in {MIN_BITS}..{MAX_BITS} or null.")
+        layers = self.act_layers
+        if not isinstance(layers, dict) or not all(
+            isinstance(n, str) and not isinstance(b, bool) and b in range(MIN_BITS, MAX_BITS + 1)
+            for n, b in layers.items()
+        ):
+            raise ArtifactError(
+                f"config.json: act_layers must map layer names to input bits in {MIN_BITS}..{MAX_BITS}."
+            )
+        stray = [n for n in layers if n not in self.quantized_layers]
+        if stray:
+            raise ArtifactError(
+                f"config.json: act_layers names {stray[0]!r}, which is not a quantized layer; only quantized layers "
+                "have their input quantized."
+            )
+        if (act is None) != (not layers):
+            raise ArtifactError("config.json: act_bits and act_layers go together (both set, or neither).")
+        if (act is not None or self.grid != "dorefa") and self.format_version < ACT_FORMAT_VERSION:
+            raise ArtifactError(
+                f"config.json: activation quantization and the int grid need format version {ACT_FORMAT_VERSION}, "
+                f"the file says {self.format_version}: it was edited; re-download or re-save it."
+            )
+        object.__setattr__(self, "act_layers", dict(layers))
 
     # timm: config.json's model_args
 
@@ -171,6 +204,11 @@ class Manifest:
             "bits": self.bits,
             "quantized_layers": {k: list(v) for k, v in self.quantized_layers.items()},
             **({"shapes": {k: list(v) for k, v in self.shapes.items()}} if self.format_version >= 2 else {}),
+            **(
+                {"grid": self.grid, "act_bits": self.act_bits, "act_layers": dict(self.act_layers)}
+                if self.format_version >= ACT_FORMAT_VERSION
+                else {}
+            ),
             "provenance": self.provenance.to_dict(),
             **self.base_args,
         }
@@ -191,6 +229,9 @@ class Manifest:
             format_version=args["format_version"],
             base_args={k: args[k] for k in BASE_ARG_KEYS if k in args},
             shapes=args.get("shapes") or {},
+            grid=args.get("grid", "dorefa"),
+            act_bits=args.get("act_bits"),
+            act_layers=args.get("act_layers") or {},
         )
 
     # transformers: the config's udfc block
@@ -254,9 +295,11 @@ class Manifest:
             resize_to_shapes(model, self.shapes)
         for name, scale_shape in self.quantized_layers.items():
             try:
-                convert_to_packed(_get(model, name), self.bits, scale_shape)
+                convert_to_packed(_get(model, name), self.bits, scale_shape, self.grid)
             except TypeError as e:  # e.g. a norm layer listed as quantized
                 raise ArtifactError(f"config.json lists {name!r} as a quantized layer: {e}.") from None
+        for name, bits in self.act_layers.items():  # scales and zero points come with the weights
+            install_input_quantizer(_get(model, name), bits=bits)
 
 
 def _check_base_args(args: Any) -> None:

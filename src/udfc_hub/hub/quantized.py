@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..ops import QuantizedTensor, dequantize, pack_codes, packed_size, unpack_codes
+from ..ops import GRIDS, QuantizedTensor, dequantize, pack_codes, packed_size, unpack_codes
 
 __all__ = ["QuantizedConv2d", "QuantizedLinear", "convert_to_packed", "is_quantized"]
 
@@ -20,13 +20,15 @@ class _PackedWeightMixin:
     """State-dict codec shared by the quantized layer classes. ``bits`` is set by ``convert_to_packed``."""
 
     bits: int
+    grid: str = "dorefa"
     weight: nn.Parameter
 
     def set_codes(self, qt: QuantizedTensor) -> None:
         """Store ``qt`` (codes shaped like the weight) and make the weight its exact dequantization."""
-        if tuple(qt.codes.shape) != tuple(self.weight.shape) or qt.bits != self.bits:
+        if tuple(qt.codes.shape) != tuple(self.weight.shape) or qt.bits != self.bits or qt.grid != self.grid:
             raise ValueError(
-                f"codes {tuple(qt.codes.shape)}@{qt.bits}b do not fit weight {tuple(self.weight.shape)}@{self.bits}b"
+                f"codes {tuple(qt.codes.shape)}@{qt.bits}b ({qt.grid}) do not fit weight {tuple(self.weight.shape)}"
+                f"@{self.bits}b ({self.grid})"
             )
         self.weight_packed = pack_codes(qt.codes, self.bits)
         self.weight_scale = qt.scale.detach().to(torch.float32).cpu().contiguous()
@@ -36,10 +38,10 @@ class _PackedWeightMixin:
         """The stored codes (unpacked, shaped like the weight), scale and bits."""
         n = self.weight.numel()
         raw = unpack_codes(self.weight_packed, self.bits, n).reshape(self.weight.shape)
-        return QuantizedTensor(codes=raw, scale=self.weight_scale, bits=self.bits)
+        return QuantizedTensor(codes=raw, scale=self.weight_scale, bits=self.bits, grid=self.grid)
 
     def _refresh_weight(self) -> None:
-        w = dequantize(self.quantized_tensor().codes, self.weight_scale, self.bits, dtype=torch.float32)
+        w = self.quantized_tensor().dequantize(torch.float32)
         if self.weight.is_meta:  # loaders that build on the meta device (transformers) never fill ``weight``
             dtype = self.weight.dtype if self.weight.dtype.is_floating_point else torch.float32
             self.weight = nn.Parameter(w.to(self.weight_packed.device, dtype), self.weight.requires_grad)
@@ -80,7 +82,7 @@ class _PackedWeightMixin:
                 return
             codes = unpack_codes(packed, self.bits, n).reshape(self.weight.shape)
             state_dict = dict(state_dict)
-            state_dict[prefix + "weight"] = dequantize(codes, scale.to(torch.float32), self.bits)
+            state_dict[prefix + "weight"] = dequantize(codes, scale.to(torch.float32), self.bits, grid=self.grid)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
@@ -110,7 +112,7 @@ def is_quantized(module: nn.Module) -> bool:
     return isinstance(module, _PackedWeightMixin)
 
 
-def convert_to_packed(module: nn.Module, bits: int, scale_shape: tuple[int, ...]) -> nn.Module:
+def convert_to_packed(module: nn.Module, bits: int, scale_shape: tuple[int, ...], grid: str = "dorefa") -> nn.Module:
     """Swap an ``nn.Conv2d`` / ``nn.Linear``'s class for its packed-weight twin, in place (same object, same
     weight), and allocate empty buffers for its codes and scale; fill them with ``set_codes`` or a state dict.
     """
@@ -120,8 +122,11 @@ def convert_to_packed(module: nn.Module, bits: int, scale_shape: tuple[int, ...]
         raise TypeError(
             f"only nn.Conv2d and nn.Linear (and their subclasses) hold packed weights, got {type(module).__name__}"
         )
+    if grid not in GRIDS:
+        raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}")
     module.__class__ = cls
     module.bits = int(bits)
+    module.grid = grid
     module.register_buffer("weight_packed", torch.zeros(packed_size(module.weight.numel(), bits), dtype=torch.uint8))
     module.register_buffer("weight_scale", torch.ones(scale_shape, dtype=torch.float32))
     return module

@@ -29,7 +29,14 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 _MAX_HEADER = 64 << 20  # safetensors caps its header at 100 MB; ours are a few hundred kB
 _BUILDING_EXPECTED: ContextVar[bool] = ContextVar("udfc_building_expected", default=False)
-_DTYPES = {"U8": torch.uint8, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64}
+_DTYPES = {
+    "U8": torch.uint8,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+}
 
 
 def read_header(path: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:

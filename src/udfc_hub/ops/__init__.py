@@ -28,10 +28,13 @@ from .prune import (
 )
 from .quantize import (
     GRANULARITIES,
+    GRIDS,
     MAX_BITS,
     MIN_BITS,
     QuantizedTensor,
     dequantize,
+    grid_levels,
+    int_codes,
     quantize_dorefa,
     solve_quant_correction,
 )
@@ -39,6 +42,7 @@ from .quantize import (
 __all__ = [
     "CRITERIA",
     "GRANULARITIES",
+    "GRIDS",
     "MAX_BITS",
     "MIN_BITS",
     "NM_VARIANTS",
@@ -51,6 +55,8 @@ __all__ = [
     "dequantize",
     "expected_output_shift",
     "filter_correlation",
+    "grid_levels",
+    "int_codes",
     "intercepts",
     "loss_curve",
     "fold_batchnorm",
