@@ -28,7 +28,7 @@ from udfc_hub.evaluation import load_eval_data
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("UDFC_FIXTURES", REPO.parent / "shared" / "fixtures"))
-CKPT = FIXTURES / "weights" / "akamaster_resnet_cifar10" / "resnet56-4bfd9763.th"
+CHECKPOINTS = {"cifar_resnet56": "resnet56-4bfd9763.th", "cifar_resnet20": "resnet20-12fca82f.th"}
 CIFAR = FIXTURES / "cifar10" / "cifar10_test_jpeg_q75.npz"
 IMAGENET = FIXTURES / "imagenet_sample"
 
@@ -171,14 +171,18 @@ def main(argv=None) -> None:
     ap.add_argument("--limit", type=int, help="CIFAR-10: N evenly spaced images only (smoke runs)")
     ap.add_argument("--lite0-limit", type=int, help="ImageNet sample: N evenly spaced images only")
     ap.add_argument("--skip-lite0", action="store_true", help="CIFAR-10 ResNet-56 only")
+    ap.add_argument("--cifar-model", default="cifar_resnet56", choices=list(CHECKPOINTS))
+    ap.add_argument("--methods", nargs="+", help="only these method labels (smoke runs)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = ap.parse_args(argv)
-    if not CIFAR.exists() or not CKPT.exists():
-        sys.exit(f"fixture missing: {CIFAR} or {CKPT} (set UDFC_FIXTURES)")
+    ckpt = FIXTURES / "weights" / "akamaster_resnet_cifar10" / CHECKPOINTS[args.cifar_model]
+    if not CIFAR.exists() or not ckpt.exists():
+        sys.exit(f"fixture missing: {CIFAR} or {ckpt} (set UDFC_FIXTURES)")
     rows: list[dict] = []
-    model = timm.create_model("cifar_resnet56", checkpoint_path=str(CKPT)).eval()
+    model = timm.create_model(args.cifar_model, checkpoint_path=str(ckpt)).eval()
     x, labels = cifar(args.limit)
-    run("cifar_resnet56", model, x, labels, CIFAR_SETTINGS, CIFAR_METHODS, rows)
+    methods = [m for m in CIFAR_METHODS if args.methods is None or m[0] in args.methods]
+    run(args.cifar_model, model, x, labels, CIFAR_SETTINGS, methods, rows)
     if not args.skip_lite0:
         if not (IMAGENET / "labels.tsv").exists():
             sys.exit(f"fixture missing: {IMAGENET} (set UDFC_FIXTURES)")
@@ -186,7 +190,8 @@ def main(argv=None) -> None:
 
         model = load_efficientnet_lite0()
         x, labels = imagenet(model, args.lite0_limit)
-        run("tf_efficientnet_lite0", model, x, labels, LITE0_SETTINGS, LITE0_METHODS, rows)
+        methods = [m for m in LITE0_METHODS if args.methods is None or m[0] in args.methods]
+        run("tf_efficientnet_lite0", model, x, labels, LITE0_SETTINGS, methods, rows)
     write(rows, args, sys.argv[1:] if argv is None else argv)
 
 

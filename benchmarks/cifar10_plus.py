@@ -101,12 +101,15 @@ def runs() -> list[tuple[str, str, float, int | None, dict]]:
 
 
 def main(argv=None) -> None:
+    global RATIOS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--limit", type=int, help="evaluate N evenly spaced images only (smoke runs)")
     ap.add_argument("--model", default="cifar_resnet56", choices=list(CHECKPOINTS))
+    ap.add_argument("--ratios", nargs="+", type=float, default=list(RATIOS), help="pruning ratios (smoke runs: one)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--from-json", type=Path, help="rewrite the table and plot from an earlier run's JSON (no runs)")
     args = ap.parse_args(argv)
+    RATIOS = tuple(args.ratios)
     if args.from_json:
         write(json.loads(args.from_json.read_text()), args, argv)
         return
@@ -207,8 +210,10 @@ def markdown(rows, model: str, cli_args: str) -> str:
         "",
         "## Pruning only (full-precision weights)",
         "",
-        "| variant | kwargs | 30 % | 40 % | 50 % | vs udfc+ (30 / 40 / 50) | what it is |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | kwargs | "
+        + " | ".join(f"{r:.0%}".replace("%", " %") for r in RATIOS)
+        + f" | vs udfc+ ({' / '.join(f'{r * 100:.0f}' for r in RATIOS)}) | what it is |",
+        "|---|---|" + "---|" * len(RATIOS) + "---|---|",
     ]
     for label, kw, what in PRUNE_VARIANTS:
         v = [_get(rows, "prune", label, r, None) for r in RATIOS]

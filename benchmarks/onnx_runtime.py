@@ -35,7 +35,7 @@ from udfc_hub.evaluation import load_eval_data
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("UDFC_FIXTURES", REPO.parent / "shared" / "fixtures"))
-CKPT = FIXTURES / "weights" / "akamaster_resnet_cifar10" / "resnet56-4bfd9763.th"
+CHECKPOINTS = {"cifar_resnet56": "resnet56-4bfd9763.th", "cifar_resnet20": "resnet20-12fca82f.th"}
 DATA = FIXTURES / "cifar10" / "cifar10_test_jpeg_q75.npz"
 TARGET_SPEEDUP = 2.5
 TARGET_AGREEMENT = 99.5
@@ -101,19 +101,21 @@ def speed(args, work: Path) -> dict:
     torch.set_num_threads(args.threads)
     model = timm.create_model(args.speed_model).eval()
     size = model.pretrained_cfg["input_size"]
+    size = (size[0], args.speed_size, args.speed_size) if args.speed_size else size
     t = time.perf_counter()
-    result = udfc_hub.compress(model, prune_ratio=0.0, bits=8, act_bits=8)
+    result = udfc_hub.compress(model, prune_ratio=0.0, bits=8, act_bits=8, input_size=size)
     compress_s = time.perf_counter() - t
     paths = {"onnxruntime float": export_float(model, work / "float.onnx", size)}
     t = time.perf_counter()
-    exported = udfc_hub.export_onnx(result, work / "udfc.onnx")
+    exported = udfc_hub.export_onnx(result, work / "udfc.onnx", input_size=size)
     export_s = time.perf_counter() - t
     paths["onnxruntime int8 (udfc-hub)"] = exported.path
-    exact = udfc_hub.export_onnx(result, work / "udfc_exact.onnx", int8_outputs=False)
+    exact = udfc_hub.export_onnx(result, work / "udfc_exact.onnx", input_size=size, int8_outputs=False)
     paths["onnxruntime int8 (udfc-hub, int8_outputs=False)"] = exact.path
     paths["onnxruntime int8 (its own quantizer)"] = ort_quantized(paths["onnxruntime float"], work / "ort.onnx", size)
     sessions = {k: session(p, args.threads) for k, p in paths.items()}
-    out = {"model": args.speed_model, "compress_s": compress_s, "export_s": export_s, "batches": {}}
+    out = {"model": args.speed_model, "size": list(size), "compress_s": compress_s, "export_s": export_s}
+    out["batches"] = {}
     out["sizes_mb"] = {k: p.stat().st_size / 1e6 for k, p in paths.items()}
     for batch in (1, 32):
         x = torch.randn(batch, *size)
@@ -160,7 +162,8 @@ def predict_ort(sess, x, batch=500) -> np.ndarray:
 
 def accuracy(args, work: Path) -> dict:
     torch.set_num_threads(args.threads)
-    model = timm.create_model("cifar_resnet56", checkpoint_path=str(CKPT)).eval()
+    ckpt = FIXTURES / "weights" / "akamaster_resnet_cifar10" / CHECKPOINTS[args.cifar_model]
+    model = timm.create_model(args.cifar_model, checkpoint_path=str(ckpt)).eval()
     size = model.pretrained_cfg["input_size"]
     x, labels = cifar_images(args.limit)
     result = udfc_hub.compress(model, prune_ratio=0.0, bits=8, act_bits=8)
@@ -187,6 +190,7 @@ def accuracy(args, work: Path) -> dict:
         print(f"{k}: top-1 {v:.2f}", flush=True)
     print(f"agreement with the PyTorch W8A8 model: {agreement:.2f} % ({agreement_exact:.2f} % exact)", flush=True)
     return {
+        "model": args.cifar_model,
         "images": len(labels),
         "top1": top1,
         "agreement_with_pytorch_w8a8": agreement,
@@ -215,7 +219,7 @@ def write(results: dict, args, argv) -> None:
         f"Machine: {results['machine']}, {args.threads} threads, onnxruntime {results['onnxruntime']}, "
         f"torch {torch.__version__}.",
         "",
-        f"## Speed: {sp['model']} (random weights), median of interleaved rounds",
+        f"## Speed: {sp['model']} (random weights, {sp['size'][1]}x{sp['size'][2]}), median of interleaved rounds",
         "",
         "| configuration | batch 1 (ms) | batch 32 (ms) | x vs ORT float, batch 32 | file (MB) |",
         "|---|---|---|---|---|",
@@ -232,7 +236,7 @@ def write(results: dict, args, argv) -> None:
         "",
         f"Compression (W8A8, udfc+) took {sp['compress_s']:.1f} s, the export {sp['export_s']:.1f} s.",
         "",
-        f"## Accuracy: fixture ResNet-56, CIFAR-10 test ({acc['images']} images), W8A8 udfc+ without data",
+        f"## Accuracy: fixture {acc['model']}, CIFAR-10 test ({acc['images']} images), W8A8 udfc+ without data",
         "",
         "| model | top-1 % |",
         "|---|---|",
@@ -272,6 +276,8 @@ def main(argv=None) -> None:
     ap.add_argument("--limit", type=int, help="evaluate N evenly spaced fixture images only (smoke runs)")
     ap.add_argument("--rounds", type=int, default=7, help="timing rounds at batch 32 (5x as many at batch 1)")
     ap.add_argument("--speed-model", default="resnet50")
+    ap.add_argument("--speed-size", type=int, help="image side for the speed runs (default: the model's)")
+    ap.add_argument("--cifar-model", default="cifar_resnet56", choices=list(CHECKPOINTS))
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = ap.parse_args(argv)
@@ -279,8 +285,9 @@ def main(argv=None) -> None:
         import onnxruntime
     except ImportError:
         sys.exit("onnxruntime is not installed: pip install 'udfc-hub[onnx]'")
-    if not DATA.exists() or not CKPT.exists():
-        sys.exit(f"fixture missing: {DATA} or {CKPT} (set UDFC_FIXTURES)")
+    ckpt = FIXTURES / "weights" / "akamaster_resnet_cifar10" / CHECKPOINTS[args.cifar_model]
+    if not DATA.exists() or not ckpt.exists():
+        sys.exit(f"fixture missing: {DATA} or {ckpt} (set UDFC_FIXTURES)")
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         results = {

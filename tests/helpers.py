@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -37,3 +40,22 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
     model.eval()
     pred = torch.cat([model(xb).argmax(1) for xb in x.split(batch)])
     return float(pred.eq(y).float().mean() * 100)
+
+
+def run_in_process(*args) -> subprocess.CompletedProcess:
+    """``udfc-hub ARGS`` as ``udfc_hub.cli.main`` runs it in this process: exit code, stdout and stderr."""
+    from udfc_hub.cli import main
+
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    token = os.environ.pop("HF_TOKEN", None)  # as in the subprocess runs: no token unless a test gives one
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as e:  # argparse: --help, --version, usage errors
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        if token is not None:
+            os.environ["HF_TOKEN"] = token
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())

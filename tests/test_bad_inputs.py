@@ -18,6 +18,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 
 import udfc_hub
+from helpers import run_in_process
 from udfc_hub import ArtifactError, InvalidArgumentError, UdfcError, UnsupportedModelError
 
 DATA = Path(__file__).parent / "data"
@@ -558,13 +559,6 @@ def test_bad_evaluation_data(tmp_path, content, match):
 # --- the command line -------------------------------------------------------------------------------------------
 
 
-def _cli(*args, env=None):
-    full = {**os.environ, **(env or {})}
-    full.pop("HF_TOKEN", None)
-    return subprocess.run([sys.executable, "-m", "udfc_hub.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env=full)  # fmt: skip
-
-
 @pytest.mark.parametrize(
     "args,code,message",
     [
@@ -574,9 +568,13 @@ def _cli(*args, env=None):
         (["inspect", "{tmp}/nonexistent/dir", "--json"], 2, "does not exist"),
     ],
 )
-def test_cli_errors_are_json_with_json(tmp_path, args, code, message):
+def test_cli_errors_are_json_with_json(tmp_path, args, code, message, monkeypatch):
+    from huggingface_hub import constants
+
+    for name in ("HF_TOKEN_PATH", "HF_STORED_TOKENS_PATH", "HF_HUB_CACHE"):  # an empty Hugging Face home
+        monkeypatch.setattr(constants, name, str(tmp_path / "hf" / name.lower()))
     start = time.perf_counter()
-    proc = _cli(*[a.format(tmp=tmp_path) for a in args], env={"HF_HOME": str(tmp_path / "hf")})
+    proc = run_in_process(*[a.format(tmp=tmp_path) for a in args])
     assert proc.returncode == code, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -32,7 +32,7 @@ def test_cifar10_table2_smoke(tmp_path):
 def test_cifar10_plus_smoke(tmp_path):
     require(CIFAR_TEST)
     bench = _load("cifar10_plus")
-    bench.main(["--model", "cifar_resnet20", "--limit", "40", "--out", str(tmp_path)])
+    bench.main(["--model", "cifar_resnet20", "--limit", "40", "--ratios", "0.3", "--out", str(tmp_path)])
     rows = json.loads((tmp_path / "cifar10_plus.json").read_text())
     assert len(rows) == 1 + len(bench.runs()) and all(r["n"] == 40 for r in rows)
     md = (tmp_path / "cifar10_plus.md").read_text()
@@ -83,3 +83,28 @@ def test_sweep_cells_smoke(tmp_path):
     (row,) = json.loads((tmp_path / "sweep_cells.json").read_text())["rows"]
     assert row["model"] == "resnet18" and row["params_after"] < row["params"]
     assert row["artifact_mb"] < row["float_mb"] / 4 and row["peak_rss_mb_above_imports"] > 0
+
+
+def test_activations_smoke(tmp_path):
+    require(CIFAR_TEST)
+    bench = _load("activations")
+    argv = ["--cifar-model", "cifar_resnet20", "--limit", "40", "--skip-lite0", "--methods", "udfc+", "--out"]
+    bench.main([*argv, str(tmp_path)])
+    rows = json.loads((tmp_path / "activations.json").read_text())["rows"]
+    assert [(r["bits"], r["act_bits"]) for r in rows[1:]] == bench.CIFAR_SETTINGS and rows[0]["method"] == "float"
+    md = (tmp_path / "activations.md").read_text()
+    assert "| udfc+ | " in md and "W8A8" in md and "Table 1" in md
+
+
+def test_onnx_runtime_smoke(tmp_path):
+    require(CIFAR_TEST)
+    pytest.importorskip("onnxruntime", reason="pip install -e '.[onnx]'")
+    bench = _load("onnx_runtime")
+    argv = ["--speed-model", "resnet18", "--speed-size", "64", "--cifar-model", "cifar_resnet20", "--limit", "40"]
+    argv += ["--rounds", "1", "--out"]
+    bench.main([*argv, str(tmp_path)])
+    result = json.loads((tmp_path / "onnx_runtime.json").read_text())
+    speed, acc = result["speed"], result["accuracy"]
+    assert set(speed["batches"]) == {"1", "32"} and speed["sizes_mb"]["onnxruntime int8 (udfc-hub)"] > 0
+    assert acc["images"] == 40 and 0 <= acc["agreement_with_pytorch_w8a8"] <= 100
+    assert "## Targets" in (tmp_path / "onnx_runtime.md").read_text()

@@ -1,4 +1,6 @@
-"""The udfc-hub command line, run as a user would: in a subprocess, with its exit code and output."""
+"""The udfc-hub command line, with its exit code and output: ``udfc_hub.cli.main(argv)`` in this process (what the
+console script runs, without paying the package import for every call), or in a subprocess where a test gives
+the command its own environment (a Hub endpoint, a token, an empty cache), and for the console script itself."""
 
 import json
 import os
@@ -7,13 +9,15 @@ import sys
 
 import pytest
 
-from helpers import CIFAR_LOSSLESS, CIFAR_WEIGHTS, require
+from helpers import CIFAR_LOSSLESS, CIFAR_WEIGHTS, require, run_in_process
 from hub_server import HubServer
 
 CLI = [sys.executable, "-m", "udfc_hub.cli"]
 
 
-def run(*args, env=None, timeout=600):
+def run(*args, env=None, timeout=600, subprocess_run=False):
+    if env is None and not subprocess_run:
+        return run_in_process(*args)
     full_env = {**os.environ, "HF_HUB_DISABLE_XET": "1", **(env or {})}
     full_env.pop("HF_TOKEN", None) if env is None or "HF_TOKEN" not in env else None
     return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=full_env)
@@ -50,7 +54,7 @@ def saved(ckpt, tmp_path_factory):
 def test_version_and_help():
     import udfc_hub
 
-    assert run("--version").stdout.strip() == f"udfc-hub {udfc_hub.__version__}"
+    assert run("--version", subprocess_run=True).stdout.strip() == f"udfc-hub {udfc_hub.__version__}"
     proc = run("compress", "--help")
     assert proc.returncode == 0 and "--prune" in proc.stdout and "examples:" in proc.stdout
 
@@ -143,12 +147,16 @@ def test_demo_runs_offline(tmp_path):
         (["push", "{tmp}", "me/x"], 1, "config.json is missing"),
     ],
 )
-def test_bad_input_fails_cleanly(tmp_path, args, code, message):
+def test_bad_input_fails_cleanly(tmp_path, args, code, message, monkeypatch):
+    from huggingface_hub import constants
+
     (tmp_path / "corrupt.pth").write_bytes(b"not a checkpoint")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "mine.txt").write_text("keep me")
     fmt = {"out": tmp_path / "out", "tmp": tmp_path}
-    proc = run(*[a.format(**fmt) for a in args], env={"HF_HOME": str(tmp_path / "hf")})
+    for name in ("HF_TOKEN_PATH", "HF_STORED_TOKENS_PATH", "HF_HUB_CACHE"):  # an empty Hugging Face home
+        monkeypatch.setattr(constants, name, str(tmp_path / "hf" / name.lower()))
+    proc = run(*[a.format(**fmt) for a in args])
     assert proc.returncode == code, (proc.returncode, proc.stderr)
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 2

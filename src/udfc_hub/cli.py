@@ -1,4 +1,4 @@
-"""The ``udfc-hub`` command line: compress, eval, inspect, push, sweep, demo.
+"""The ``udfc-hub`` command line: compress, eval, inspect, push, export, sweep, demo.
 
 Exit codes: 0 success, 2 bad usage (arguments, unknown model, missing files), 1 any other error. Errors print one
 or two plain lines; ``--debug`` adds the traceback.
