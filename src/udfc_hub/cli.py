@@ -566,7 +566,8 @@ def _inspect_artifact(args, folder: Path) -> dict[str, Any]:
     _say(
         args,
         f"method {settings['method']}, prune ratio {settings['prune_ratio']}, bits {manifest.bits or 'float'} "
-        f"({settings['granularity']} scales); {len(manifest.channels)} pruned layers, "
+        f"({settings['granularity']} scales, {manifest.grid} grid), activations "
+        f"{f'{manifest.act_bits}-bit' if manifest.act_bits else 'float'}; {len(manifest.channels)} pruned layers, "
         f"{len(manifest.quantized_layers)} quantized layers",
     )
     if manifest.channels:
@@ -590,6 +591,8 @@ def _inspect_artifact(args, folder: Path) -> dict[str, Any]:
         "channels": manifest.channels,
         "quantized_layers": len(manifest.quantized_layers),
         "bits": manifest.bits,
+        "act_bits": manifest.act_bits,
+        "grid": manifest.grid,
         "params_before": prov.base_params,
         "params_after": after.params,
         "macs_before": prov.base_macs,
