@@ -193,11 +193,10 @@ def export_onnx(
     (only steps 1 and the input quantizers), so the two agree up to float round-off, and ONNX Runtime runs the
     layers in float on int8-stored weights.
 
-    Example:
-        >>> import tempfile, timm, udfc_hub                                      # doctest: +SKIP
-        >>> r = udfc_hub.compress(timm.create_model("resnet18"), prune_ratio=0, bits=8, act_bits=8)  # doctest: +SKIP
-        >>> udfc_hub.export_onnx(r, tempfile.mkdtemp() + "/resnet18.onnx").int8_weights  # doctest: +SKIP
-        21
+    Example (needs the ``[onnx]`` extra; tests/test_activations.py runs the same)::
+
+        r = udfc_hub.compress(timm.create_model("resnet18"), prune_ratio=0, bits=8, act_bits=8)
+        udfc_hub.export_onnx(r, "resnet18-w8a8.onnx").int8_weights   # 21: every conv and the classifier
     """
     onnx, ort = _require_onnx()
     path = _check_path(path)
