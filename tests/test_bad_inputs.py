@@ -563,6 +563,13 @@ def test_bad_evaluation_data(tmp_path, content, match):
     "args,code,message",
     [
         (["compress", "resnet18", "--bits", "9", "--out", "{tmp}/o", "--json"], 2, "outside 2..8"),
+        (["compress", "resnet18", "--act-bits", "1", "--out", "{tmp}/o", "--json"], 2, "outside 2..8"),
+        (
+            ["compress", "resnet18", "--bits", "none", "--act-bits", "8", "--out", "{tmp}/o", "--json"],
+            2,
+            "needs weight bits too",
+        ),  # fmt: skip
+        (["export", "{tmp}/nonexistent/dir", "--onnx", "{tmp}/m.onnx", "--json"], 2, "not a saved folder"),
         (["compress", "resnet18", "--out", "{tmp}/o", "--push", "bad repo", "--json"], 2, "not a valid Hub repo id"),
         (["eval", "{tmp}/nonexistent/dir", "--data", "x", "--json"], 2, "does not exist"),
         (["inspect", "{tmp}/nonexistent/dir", "--json"], 2, "does not exist"),

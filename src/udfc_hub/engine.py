@@ -268,7 +268,8 @@ def quantize_activations(
     the image keeps 8 bits over the range of every normalised pixel (the image is 8-bit data; at 6 bits the
     fixture ResNet-20 lost 1.2 points there alone). Returns notes."""
     size = tuple(input_size) if input_size is not None else default_input_size(model)
-    names = [layer.name for layer in spec.layers if layer.name in quantized]
+    layers = {layer.name: layer for layer in spec.layers if layer.name in quantized}
+    names = list(layers)
     cfg_ = getattr(model, "pretrained_cfg", None) or {}
     mean, std = cfg_.get("mean"), cfg_.get("std")
     notes = []
@@ -286,8 +287,7 @@ def quantize_activations(
         act, error = found[name]
         mod = model.get_submodule(name)
         if correct and error is not None:
-            layer = next(layer for layer in spec.layers if layer.name == name)
-            norm = model.get_submodule(layer.norm) if layer.norm else None
+            norm = model.get_submodule(layers[name].norm) if layers[name].norm else None
             remove_expected_shift(mod, norm, mod.weight.detach(), error)
         install_input_quantizer(mod, act)
     missed = [n for n in names if n not in found]
