@@ -344,12 +344,12 @@ TAMPER = {
     "no model_args": (lambda f: _edit_config(f, lambda c: c.pop("model_args")), "model_args"),
     "no udfc block": (lambda f: _edit_config(f, lambda c: c.pop("udfc")), "no udfc block"),
     "version only in udfc": (
-        lambda f: _edit_config(f, lambda c: c["udfc"].update(format_version=4)),
-        "format version 4",
+        lambda f: _edit_config(f, lambda c: c["udfc"].update(format_version=5)),
+        "format version 5",
     ),
     "version only in model_args": (
-        lambda f: _edit_config(f, lambda c: _args(c).update(format_version=4)),
-        "format version 4",
+        lambda f: _edit_config(f, lambda c: _args(c).update(format_version=5)),
+        "format version 5",
     ),
     "empty global_pool": (lambda f: _edit_config(f, lambda c: c.update(global_pool="")), "global_pool|cannot run"),
     "bad base architecture": (

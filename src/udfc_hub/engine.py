@@ -33,6 +33,7 @@ from .config import (
     REFERENCES,
     CompressionConfig,
 )
+from .dataflow import OUTPUT_BITS, plan_int8_flow
 from .errors import InvalidArgumentError, UdfcError
 from .ops import QuantizedTensor, allocate_greedy, fold_batchnorm, loss_curve, uniform_widths
 from .ops.activations import image_range
@@ -290,6 +291,7 @@ def quantize_activations(
             norm = model.get_submodule(layers[name].norm) if layers[name].norm else None
             remove_expected_shift(mod, norm, mod.weight.detach(), error)
         install_input_quantizer(mod, act)
+    flow = plan_int8_flow(model, spec, quantized, size, cfg.act_range)
     missed = [n for n in names if n not in found]
     if missed:
         notes.append(f"{len(missed)} quantized layer(s) never ran in the probe keep float inputs, e.g. {missed[0]}")
@@ -304,6 +306,11 @@ def quantize_activations(
         f"{len(found)} layer input(s) quantized to {cfg.act_bits} bits ({unsigned} unsigned, after a ReLU), "
         f"ranges chosen without data (the BN-matched probe's {rule}; the image input: {IMAGE_BITS} bits over every "
         "normalised pixel)"
+    )
+    notes.append(
+        f"int8 data flow: {flow['shared_inputs']} block input(s) share their layer's quantizer, "
+        f"{flow['output_quantizers']} layer output(s) before an addition or pooling rounded to {OUTPUT_BITS} bits, "
+        f"{flow['int32_biases']} bias(es) on the int32 grid"
     )
     return notes
 

@@ -8,20 +8,22 @@ below 8 bits). Then a pass over the ONNX graph:
 
 1. each weight QuantizeLinear is replaced by its int8 initializer (the file keeps 1 byte per weight).
 
-With ``int8_outputs=True`` (the default), three more steps give ONNX Runtime the int8 data flow its fused kernels
+With ``int8_outputs=True`` (the default), the steps that give ONNX Runtime the int8 data flow its fused kernels
 need (DequantizeLinear -> Conv -> QuantizeLinear becomes one QLinearConv only when the conv's output is quantized):
 
 2. each BatchNorm that reads a quantized conv alone is folded into it (the per-channel weight scales take
    ``gamma / sigma``, negative factors flip the int8 values; the codes stay as they are);
-3. a folded conv whose output no quantizer reads (before a residual add, a pooling, the head) gets an 8-bit
-   output quantizer, after its ReLU where one follows. Its range comes from the folded BatchNorm without data,
-   as the input ranges do: channel i ~ N(beta_i, gamma_i^2), sampled, the extremes of the mixture. A residual
-   Add that reads a float tensor which a layer's input quantizer also reads takes that quantizer's output
-   instead, so the Add runs as QLinearAdd;
-4. biases of layers with a quantized input become int32 on the grid ``input_scale * weight_scale``.
+3. biases of layers with a quantized input become int32 on the grid ``input_scale * weight_scale``.
 
-Steps 2-4 round where the PyTorch model does not (BatchNorm folding alone moves some 4-bit activations across a
-rounding boundary). ``int8_outputs=False`` skips them: the same rounding as the PyTorch model, float kernels.
+A model compressed with activations by this version carries its int8 data flow itself (``dataflow.py``: output
+quantizers before residual additions and poolings, block inputs that share their layer's quantizer, biases
+already on the int32 grid), so steps 2-3 change no rounding: ONNX Runtime's int8 model and the PyTorch model
+agree up to float round-off. An older artifact (format 3) lacks those quantizers; for it the pass also adds them:
+an 8-bit output quantizer on each folded conv no quantizer reads (after its ReLU where one alone follows; range
+from the folded BatchNorm without data: channel i ~ N(beta_i, gamma_i^2), sampled, the extremes of the mixture),
+and residual Adds that read a float tensor which a layer's input quantizer also reads take that quantizer's
+output. Those round where the older PyTorch model does not. ``int8_outputs=False`` skips steps 2-3 and the
+additions: the PyTorch model's own steps, float kernels.
 
 The file is written to a temporary name, checked with ONNX Runtime (finite outputs, the largest difference from
 the PyTorch model on a random batch), then renamed: a failed export leaves no file.
@@ -170,6 +172,16 @@ def _prepare(model: nn.Module) -> tuple[nn.Module, int, int]:
     return work, n_weights, n_inputs
 
 
+def _has_int8_flow(model: nn.Module) -> bool:
+    """The model carries its own int8 data flow (``dataflow.plan_int8_flow``: output quantizers, shared inputs)."""
+    from .hub.quantized import is_quantized
+    from .surgery import input_range, output_range
+
+    return any(
+        output_range(m) is not None or (input_range(m) is not None and not is_quantized(m)) for m in model.modules()
+    )
+
+
 def export_onnx(
     model: Any,
     path: str | os.PathLike,
@@ -186,12 +198,12 @@ def export_onnx(
     The input is ``pixel_values`` (batch, C, H, W; the batch size is free), the output ``logits``.
 
     ``int8_outputs=True`` (the default) keeps the data flow in int8 between layers, which ONNX Runtime needs to
-    fuse its int8 kernels: the output quantizers of step 3 (module docstring) and residual additions that read
-    the quantized tensor their neighbouring layer reads. Both round where the PyTorch model does not (on the
-    fixture ResNet-56 the top-1 agrees with it on about 98 % of the images, see benchmarks/onnx_runtime.md);
-    ``int8_outputs=False`` rounds exactly where the PyTorch model does and keeps its BatchNorms and float biases
-    (only steps 1 and the input quantizers), so the two agree up to float round-off, and ONNX Runtime runs the
-    layers in float on int8-stored weights.
+    fuse its int8 kernels: BatchNorms folded into the convs, int32 biases. A model compressed with ``act_bits``
+    by this version rounds its tensors where the int8 kernels do (``dataflow.py``), so ONNX Runtime agrees with
+    it up to float round-off (fixture ResNet-56: top-1 agreement in benchmarks/onnx_runtime.md); for an older
+    artifact the export adds output quantizers and routes residual additions itself, rounding where that
+    PyTorch model does not. ``int8_outputs=False`` keeps the PyTorch model's BatchNorms and float biases (step 1
+    and the input quantizers only): ONNX Runtime then runs the layers in float on int8-stored weights.
 
     Example (needs the ``[onnx]`` extra; tests/test_activations.py runs the same)::
 
@@ -221,7 +233,7 @@ def export_onnx(
                 f"{opset}: a model with ops that exporter does not know cannot be exported."
             ) from None
         proto = onnx.load(str(tmp))
-        stats = _rewrite(proto.graph, onnx, bool(int8_outputs))
+        stats = _rewrite(proto.graph, onnx, bool(int8_outputs), _has_int8_flow(work))
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
         diff = _check_with_runtime(ort, tmp, source, example)
@@ -328,14 +340,15 @@ def _attr(node, name: str, default):
     return default
 
 
-def _rewrite(graph, onnx, int8_outputs: bool = True) -> dict[str, int]:
+def _rewrite(graph, onnx, int8_outputs: bool = True, planned: bool = False) -> dict[str, int]:
     g = _Graph(graph, onnx)
     _fold_weight_quantizers(g)
     folded, routed, outputs = {}, 0, 0
     if int8_outputs:  # what the int8 kernels need; exact rounding keeps the PyTorch model's float steps
         folded = _fold_norms(g)
-        routed = _route_adds_through_quantizers(g)
-        outputs = _add_output_quantizers(g, folded)
+        if not planned:  # an older artifact without its own int8 data flow (module docstring)
+            routed = _route_adds_through_quantizers(g)
+            outputs = _add_output_quantizers(g, folded)
         _quantize_biases(g)
     g.drop_unused_inits()
     return {"folded": len(folded), "outputs": outputs, "routed": routed}

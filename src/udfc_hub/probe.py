@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Conv2dSame, pad_same
+from torch.overrides import TorchFunctionMode
 
 from .ops.activations import ActRange, choose_range, fake_quantize
 from .profile import input_device_dtype
@@ -28,6 +30,8 @@ __all__ = [
     "probe_input_means",
     "probe_activation_ranges",
     "probe_batch_size",
+    "probe_tensor_flow",
+    "TensorFlow",
     "tap_means",
 ]
 
@@ -176,3 +180,117 @@ def probe_activation_ranges(
         for h in handles:
             h.remove()
     return found
+
+
+@dataclass
+class TensorFlow:
+    """Which module (or functional activation, named ``<relu>`` etc.) read and returned which tensor in one probe
+    pass. Tensors are keyed by identity and version, so an in-place op (``ReLU(inplace=True)``, ``x += y``) makes
+    a new key."""
+
+    calls: list[tuple[str, tuple[int, int] | None, tuple[int, int] | None]]  # (module or op, input, output)
+    values: dict[tuple[int, int], torch.Tensor]  # output key -> the tensor's values when it was returned
+    model_input: tuple[int, int] | None
+    model_output: tuple[int, int] | None
+
+    def readers(self) -> dict[tuple[int, int], list[int]]:
+        """Input key -> the calls (indices into ``calls``) that read it, in call order."""
+        out: dict[tuple[int, int], list[int]] = {}
+        for i, (_, key, _) in enumerate(self.calls):
+            if key is not None:
+                out.setdefault(key, []).append(i)
+        return out
+
+    def first_call(self, name: str) -> tuple[tuple[int, int] | None, tuple[int, int] | None] | None:
+        return next(((i, o) for n, i, o in self.calls if n == name), None)
+
+
+_serial = iter(range(1 << 62))
+FUNCTIONAL_ACTIVATIONS = ("relu", "relu_", "relu6", "hardtanh", "hardtanh_")  # recorded as "<relu>" etc.
+
+
+def _key(x) -> tuple[int, int] | None:
+    """A tensor's identity for one pass: a serial number stamped on the object, and its in-place version."""
+    if not isinstance(x, torch.Tensor):
+        return None
+    tag = getattr(x, "_udfc_probe_tag", None)
+    if tag is None:
+        tag = next(_serial)
+        x._udfc_probe_tag = tag
+    return (tag, x._version)
+
+
+class _Activations(TorchFunctionMode):
+    """Records functional ReLUs (``F.relu(x)``, ``x.relu()``) outside a module that read the same tensor."""
+
+    def __init__(self, calls: list, open_inputs: list):
+        super().__init__()
+        self.calls, self.open_inputs = calls, open_inputs
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        x = args[0] if args else None
+        if name not in FUNCTIONAL_ACTIVATIONS or not isinstance(x, torch.Tensor):
+            return func(*args, **(kwargs or {}))
+        key = _key(x)
+        out = func(*args, **(kwargs or {}))
+        if key not in self.open_inputs:  # inside nn.ReLU's own forward: the module call is the record
+            self.calls.append((f"<{name.rstrip('_')}>", key, _key(out)))
+        return out
+
+
+@torch.no_grad()
+def probe_tensor_flow(
+    model: nn.Module,
+    input_size: tuple[int, ...],
+    keep_values: set[str] | None = None,
+    batch: int | None = None,
+    seed: int = 0,
+) -> TensorFlow:
+    """One BN-matched probe pass recording every module call (the first positional input it read, before any
+    forward pre-hook of its own changes it, and the tensor it returned, before any forward hook changes it) and
+    every functional ReLU.
+
+    The outputs of the modules in ``keep_values`` are copied as they are returned (a later in-place op would
+    change them). The root module is not recorded."""
+    calls: list[tuple[str, tuple[int, int] | None, tuple[int, int] | None]] = []
+    values: dict[tuple[int, int], torch.Tensor] = {}
+    pending: dict[int, list[int]] = {}  # id(module) -> indices of its open calls
+    open_inputs: list = []  # input keys of the module calls in progress
+    keep_values = keep_values or set()
+
+    def before(name):
+        def record(module, args):
+            key = _key(args[0]) if args else None
+            pending.setdefault(id(module), []).append(len(calls))
+            open_inputs.append(key)
+            calls.append((name, key, None))
+
+        return record
+
+    def after(name):
+        def record(module, args, output):
+            i = pending[id(module)].pop()
+            open_inputs.pop()
+            key = _key(output)
+            if key is not None and name in keep_values:
+                values[key] = output.detach().clone()
+            calls[i] = (name, calls[i][1], key)
+
+        return record
+
+    handles = []
+    for name, module in model.named_modules():
+        if module is model:
+            continue
+        handles.append(module.register_forward_pre_hook(before(name), prepend=True))
+        handles.append(module.register_forward_hook(after(name), prepend=True))
+    x0 = probe_input(model, input_size, batch, seed)
+    x0_key = _key(x0)
+    try:
+        with bn_matched(model), _Activations(calls, open_inputs):
+            out = model(x0)
+    finally:
+        for h in handles:
+            h.remove()
+    return TensorFlow(calls=calls, values=values, model_input=x0_key, model_output=_key(out))

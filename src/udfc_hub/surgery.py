@@ -8,7 +8,15 @@ import torch.nn as nn
 
 from .ops.activations import ActRange, fake_quantize
 
-__all__ = ["set_param", "slice_channels", "sync_shape_attrs", "install_input_quantizer", "input_range"]
+__all__ = [
+    "set_param",
+    "slice_channels",
+    "sync_shape_attrs",
+    "install_input_quantizer",
+    "input_range",
+    "install_output_quantizer",
+    "output_range",
+]
 
 
 def set_param(module: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -78,3 +86,27 @@ def input_range(module: nn.Module) -> ActRange | None:
     if getattr(module, "act_bits", None) is None or not hasattr(module, "input_scale"):
         return None
     return ActRange(float(module.input_scale), int(module.input_zero_point), int(module.act_bits))
+
+
+def _quantize_output(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    """Forward hook: what the module returns, rounded onto its output grid."""
+    return fake_quantize(output, module.output_scale, module.output_zero_point, module.output_act_bits)
+
+
+def install_output_quantizer(module: nn.Module, act: ActRange | None = None, bits: int | None = None) -> nn.Module:
+    """Quantize what ``module`` returns on every call: buffers ``output_scale`` (float32) and
+    ``output_zero_point`` (int32), as ``install_input_quantizer`` does for the input."""
+    bits = act.bits if act is not None else bits
+    module.output_act_bits = int(bits)
+    module.register_buffer("output_scale", torch.tensor(act.scale if act is not None else 1.0, dtype=torch.float32))
+    module.register_buffer("output_zero_point", torch.tensor(act.zero_point if act else 0, dtype=torch.int32))
+    if _quantize_output not in module._forward_hooks.values():
+        module.register_forward_hook(_quantize_output)
+    return module
+
+
+def output_range(module: nn.Module) -> ActRange | None:
+    """The output grid ``install_output_quantizer`` gave ``module``, or None."""
+    if getattr(module, "output_act_bits", None) is None or not hasattr(module, "output_scale"):
+        return None
+    return ActRange(float(module.output_scale), int(module.output_zero_point), int(module.output_act_bits))

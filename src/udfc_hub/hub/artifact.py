@@ -26,9 +26,9 @@ from safetensors.torch import load_file, save
 from ..engine import CompressionResult
 from ..errors import ArtifactError, InvalidArgumentError
 from ..profile import ModelStats, profile_model
-from ..surgery import input_range
+from ..surgery import input_range, output_range
 from .card import render_card
-from .format import ACT_FORMAT_VERSION, FORMAT, FORMAT_VERSION
+from .format import ACT_FORMAT_VERSION, FLOW_FORMAT_VERSION, FORMAT, FORMAT_VERSION
 from .manifest import Manifest, Provenance, read_config_file
 from .quantized import convert_to_packed
 from .repo_id import check_repo_id
@@ -67,13 +67,25 @@ def pack_model(result: CompressionResult, base_model: str | None = None) -> nn.M
         convert_to_packed(model.get_submodule(name), qt.bits, tuple(qt.scale.shape), qt.grid).set_codes(qt)
     ranges = {name: input_range(model.get_submodule(name)) for name in result.quantized}
     act_layers = {name: r.bits for name, r in ranges.items() if r is not None}
+    act_inputs, act_outputs = {}, {}
+    for name, module in model.named_modules():  # the int8 data flow (dataflow.py), in forward-definition order
+        if name not in result.quantized and input_range(module) is not None:
+            act_inputs[name] = input_range(module).bits
+        if output_range(module) is not None:
+            act_outputs[name] = output_range(module).bits
     act_bits = result.report.config.act_bits or (min(act_layers.values()) if act_layers else None)
     grid = next(iter({qt.grid for qt in result.quantized.values()} or {"dorefa"}))
+    if act_inputs or act_outputs:
+        version = FLOW_FORMAT_VERSION
+    else:
+        version = ACT_FORMAT_VERSION if act_layers or grid != "dorefa" else FORMAT_VERSION
     model.udfc_manifest = Manifest(
-        format_version=ACT_FORMAT_VERSION if act_layers or grid != "dorefa" else FORMAT_VERSION,
+        format_version=version,
         grid=grid,
         act_bits=act_bits,
         act_layers=act_layers,
+        act_inputs=act_inputs,
+        act_outputs=act_outputs,
         base_architecture=base,
         base_args={} if transformers_native else constructor_args(model, base),
         channels=resized_channels(result),

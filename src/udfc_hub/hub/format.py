@@ -1,10 +1,13 @@
 """The artifact format's name and version (bump the version when the layout of the files changes)."""
 
 FORMAT = "udfc-packed"
+# 4: the int8 data flow between layers ("act_inputs": enclosing modules whose input shares a layer's quantizer,
+#    "act_outputs": modules whose output is quantized, e.g. before a residual addition); written only when set.
 # 3: activation quantization ("act_bits", "act_layers": input scales and zero points in the weights file) and the
 #    weight grid ("grid": "int"); written only by artifacts that use them, every other artifact stays version 2.
 # 2: config.json stores the weight shape of every resized module ("shapes"), so loading needs no adapter.
 # 1: kept widths per pruned producer only ("channels"); the loader re-derives the other shapes with the adapter.
 FORMAT_VERSION = 2  # what a weight-only artifact on the paper's grid is written as
 ACT_FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+FLOW_FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)

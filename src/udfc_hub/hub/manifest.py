@@ -23,8 +23,8 @@ import torch.nn as nn
 
 from ..config import GRIDS, MAX_BITS, MIN_BITS, CompressionConfig
 from ..errors import ArtifactError, InvalidArgumentError
-from ..surgery import install_input_quantizer, slice_channels
-from .format import ACT_FORMAT_VERSION, FORMAT, FORMAT_VERSION, READABLE_VERSIONS
+from ..surgery import install_input_quantizer, install_output_quantizer, slice_channels
+from .format import ACT_FORMAT_VERSION, FLOW_FORMAT_VERSION, FORMAT, FORMAT_VERSION, READABLE_VERSIONS
 from .quantized import convert_to_packed
 
 __all__ = ["Manifest", "Provenance", "check_format", "read_config_file"]
@@ -127,6 +127,8 @@ class Manifest:
     grid: str = "dorefa"  # format 3: the weight grid of the quantized layers
     act_bits: int | None = None  # format 3: the activation bits asked for
     act_layers: dict[str, int] = field(default_factory=dict)  # format 3: layer -> bits of its quantized input
+    act_inputs: dict[str, int] = field(default_factory=dict)  # format 4: other module -> bits of its input
+    act_outputs: dict[str, int] = field(default_factory=dict)  # format 4: module -> bits of its quantized output
 
     def __post_init__(self) -> None:
         check_format(self.format_version)
@@ -192,7 +194,33 @@ class Manifest:
                 f"config.json: activation quantization and the int grid need format version {ACT_FORMAT_VERSION}, "
                 f"the file says {self.format_version}: it was edited; re-download or re-save it."
             )
+        self._check_data_flow()
         object.__setattr__(self, "act_layers", dict(layers))
+
+    def _check_data_flow(self) -> None:
+        """Format 4: ``act_inputs`` (other modules whose input is rounded) and ``act_outputs``."""
+        layers = self.act_layers
+        for key in ("act_inputs", "act_outputs"):
+            table = getattr(self, key)
+            if not isinstance(table, dict) or not all(
+                isinstance(n, str) and n and not isinstance(b, bool) and b in range(MIN_BITS, MAX_BITS + 1)
+                for n, b in table.items()
+            ):
+                raise ArtifactError(f"config.json: {key} must map module names to bits in {MIN_BITS}..{MAX_BITS}.")
+            if table and not layers:
+                raise ArtifactError(f"config.json: {key} needs act_layers (quantized layer inputs); it was edited.")
+            if table and self.format_version < FLOW_FORMAT_VERSION:
+                raise ArtifactError(
+                    f"config.json: {key} needs format version {FLOW_FORMAT_VERSION}, the file says "
+                    f"{self.format_version}: it was edited; re-download or re-save it."
+                )
+            object.__setattr__(self, key, dict(table))
+        both = set(self.act_inputs) & set(layers)
+        if both:
+            raise ArtifactError(
+                f"config.json: {sorted(both)[0]!r} is in both act_layers and act_inputs; a module's input has one "
+                "quantizer."
+            )
 
     # timm: config.json's model_args
 
@@ -207,6 +235,11 @@ class Manifest:
             **(
                 {"grid": self.grid, "act_bits": self.act_bits, "act_layers": dict(self.act_layers)}
                 if self.format_version >= ACT_FORMAT_VERSION
+                else {}
+            ),
+            **(
+                {"act_inputs": dict(self.act_inputs), "act_outputs": dict(self.act_outputs)}
+                if self.format_version >= FLOW_FORMAT_VERSION
                 else {}
             ),
             "provenance": self.provenance.to_dict(),
@@ -232,6 +265,8 @@ class Manifest:
             grid=args.get("grid", "dorefa"),
             act_bits=args.get("act_bits"),
             act_layers=args.get("act_layers") or {},
+            act_inputs=args.get("act_inputs") or {},
+            act_outputs=args.get("act_outputs") or {},
         )
 
     # transformers: the config's udfc block
@@ -298,8 +333,10 @@ class Manifest:
                 convert_to_packed(_get(model, name), self.bits, scale_shape, self.grid)
             except TypeError as e:  # e.g. a norm layer listed as quantized
                 raise ArtifactError(f"config.json lists {name!r} as a quantized layer: {e}.") from None
-        for name, bits in self.act_layers.items():  # scales and zero points come with the weights
+        for name, bits in {**self.act_layers, **self.act_inputs}.items():  # scales and zero points: in the weights
             install_input_quantizer(_get(model, name), bits=bits)
+        for name, bits in self.act_outputs.items():
+            install_output_quantizer(_get(model, name), bits=bits)
 
 
 def _check_base_args(args: Any) -> None:
