@@ -170,7 +170,7 @@ def test_round_trip_through_stock_loaders_gives_identical_logits(tmp_path):
     assert args["format_version"] == 4 and args["act_bits"] == 6 and args["grid"] == "int"
     assert args["act_layers"] == {name: 8 if name == "conv1" else 6 for name in result.quantized}  # the image: 8
     # the int8 data flow: blocks share their first layer's grid, branch outputs before an addition are 8-bit
-    assert args["act_inputs"] and set(args["act_inputs"].values()) == {6}
+    assert args["act_inputs"] and set(args["act_inputs"].values()) == {8}  # the residual stream: 8 bits
     assert "layer1.0.bn2" in args["act_outputs"] and set(args["act_outputs"].values()) == {8}
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():

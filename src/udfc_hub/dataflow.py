@@ -8,7 +8,10 @@ float round-off) with its fused int8 kernels:
 
 1. **shared inputs**: when the tensor a quantized layer reads is first read by an enclosing module (the block,
    whose forward also adds it to the residual branch), that module's input gets the layer's quantizer, so every
-   reader of the tensor sees the same rounded values (the layer's own quantizer then changes nothing);
+   reader of the tensor sees the same rounded values (the layer's own quantizer then changes nothing). Below 8
+   activation bits the enclosing module rounds to 8 bits over the layer's range instead (the residual stream
+   stays 8-bit, as int8 runtimes store it; at 4 bits a 4-bit residual stream cost the fixture ResNet-56 10
+   points), and the layer then rounds that to its own bits;
 2. **output quantizers**: the output of a quantized layer's chain (the layer, the norm that alone reads it, a
    ReLU that alone follows) is rounded to ``OUTPUT_BITS`` when something other than quantized inputs reads it
    (an addition, a pooling); its range is chosen on the probe's values as the input ranges are;
@@ -26,7 +29,7 @@ import torch.nn as nn
 
 from .adapters.base import ModelSpec
 from .ops import int_codes
-from .ops.activations import choose_range
+from .ops.activations import ActRange, choose_range
 from .probe import FUNCTIONAL_ACTIVATIONS, TensorFlow, probe_tensor_flow
 from .surgery import input_range, install_input_quantizer, install_output_quantizer, set_param
 
@@ -86,7 +89,10 @@ def _share_inputs(flow: TensorFlow, modules: dict, layers: dict) -> int:
         first = flow.calls[_visible_readers(flow, readers, call[0])[0]][0]
         if first == name or first not in modules or input_range(modules[first]) is not None:
             continue  # the layer itself, a functional op, or a module that already rounds this tensor
-        install_input_quantizer(modules[first], input_range(modules[name]))
+        act = input_range(modules[name])
+        if act.bits < OUTPUT_BITS:  # the residual stream keeps 8 bits over the layer's range; the layer rounds on
+            act = ActRange.spanning(act.lo, act.hi, OUTPUT_BITS)
+        install_input_quantizer(modules[first], act)
         installed += 1
     return installed
 
