@@ -53,13 +53,18 @@ def plan_int8_flow(
     }
     if not layers:
         return {"shared_inputs": 0, "output_quantizers": 0, "int32_biases": 0}
-    ends = set(layers) | {lay.norm for lay in layers.values() if lay.norm}
-    ends |= {n for n, m in modules.items() if isinstance(m, _FOLLOWERS)}
-    flow = probe_tensor_flow(model, tuple(input_size), keep_values=ends)
-    shared = _share_inputs(flow, modules, layers)
-    outputs = _output_quantizers(flow, modules, layers, method)
+    flow = probe_tensor_flow(model, tuple(input_size))
+    shared = _shared_inputs(flow, modules, layers)
+    sources = _output_sources(flow, modules, layers, set(shared))
+    if sources:  # a second pass keeps just those outputs (the first would have to keep every candidate's)
+        values = probe_tensor_flow(model, tuple(input_size), keep_values=set(sources))
+        for name in sources:
+            out = values.first_call(name)[1]
+            install_output_quantizer(modules[name], choose_range(values.values[out], OUTPUT_BITS, method))
+    for name, act in shared.items():  # after the values: both passes see the model the first one planned on
+        install_input_quantizer(modules[name], act)
     biases = sum(_snap_bias(modules[name], modules.get(lay.norm), quantized[name]) for name, lay in layers.items())
-    return {"shared_inputs": shared, "output_quantizers": outputs, "int32_biases": biases}
+    return {"shared_inputs": len(shared), "output_quantizers": len(sources), "int32_biases": biases}
 
 
 def _is_activation(name: str, modules: dict) -> bool:
@@ -79,28 +84,29 @@ def _visible_readers(flow: TensorFlow, readers: dict, key) -> list[int]:
     return [i for i in readers.get(key, []) if flow.calls[i][1] != flow.calls[i][2]]
 
 
-def _share_inputs(flow: TensorFlow, modules: dict, layers: dict) -> int:
+def _shared_inputs(flow: TensorFlow, modules: dict, layers: dict) -> dict[str, ActRange]:
+    """Step 1's plan: enclosing module -> the grid its input gets."""
     readers = flow.readers()
-    installed = 0
+    shared: dict[str, ActRange] = {}
     for name in layers:
         call = flow.first_call(name)
         if call is None or call[0] is None or call[0] == flow.model_input:
             continue  # the image: only the stem reads it
         first = flow.calls[_visible_readers(flow, readers, call[0])[0]][0]
-        if first == name or first not in modules or input_range(modules[first]) is not None:
+        if first == name or first not in modules or first in shared or input_range(modules[first]) is not None:
             continue  # the layer itself, a functional op, or a module that already rounds this tensor
         act = input_range(modules[name])
         if act.bits < OUTPUT_BITS:  # the residual stream keeps 8 bits over the layer's range; the layer rounds on
             act = ActRange.spanning(act.lo, act.hi, OUTPUT_BITS)
-        install_input_quantizer(modules[first], act)
-        installed += 1
-    return installed
+        shared[first] = act
+    return shared
 
 
-def _output_quantizers(flow: TensorFlow, modules: dict, layers: dict, method: str) -> int:
+def _output_sources(flow: TensorFlow, modules: dict, layers: dict, shared: set[str]) -> list[str]:
+    """The modules whose output step 2 rounds, in forward order (``shared``: step 1's modules, to be rounded)."""
     readers = flow.readers()
-    rounds_input = {n for n, m in modules.items() if input_range(m) is not None}
-    installed = 0
+    rounds_input = {n for n, m in modules.items() if input_range(m) is not None} | shared
+    sources = []
     for name, layer in layers.items():
         call = flow.first_call(name)
         if call is None:
@@ -116,13 +122,12 @@ def _output_quantizers(flow: TensorFlow, modules: dict, layers: dict, method: st
             if act in modules:  # a module: round its output (a functional ReLU: round its input)
                 source, out = act, end
             nxt = _visible_readers(flow, readers, end)
-        if out is None or end == flow.model_output or out not in flow.values:
+        if out is None or end == flow.model_output or source in sources:
             continue
         if nxt and all(_rounded(flow.calls[i][0], {flow.calls[j][0] for j in nxt}, rounds_input) for i in nxt):
             continue  # only quantized inputs read it: it is rounded already where it is read
-        install_output_quantizer(modules[source], choose_range(flow.values[out], OUTPUT_BITS, method))
-        installed += 1
-    return installed
+        sources.append(source)
+    return sources
 
 
 @torch.no_grad()
