@@ -167,6 +167,7 @@ def accuracy(args, work: Path) -> dict:
     size = model.pretrained_cfg["input_size"]
     x, labels = cifar_images(args.limit)
     result = udfc_hub.compress(model, prune_ratio=0.0, bits=8, act_bits=8)
+    flow = next((n.removeprefix("int8 data flow: ") for n in result.report.notes if n.startswith("int8 data")), "")
     with tempfile.TemporaryDirectory() as d:
         udfc_hub.save_pretrained(result, Path(d) / "w8a8")
         exported = udfc_hub.export_onnx(Path(d) / "w8a8", work / "c56_udfc.onnx")
@@ -192,6 +193,7 @@ def accuracy(args, work: Path) -> dict:
     return {
         "model": args.cifar_model,
         "images": len(labels),
+        "flow": flow,
         "top1": top1,
         "agreement_with_pytorch_w8a8": agreement,
         "agreement_with_pytorch_w8a8_exact": agreement_exact,
@@ -248,9 +250,10 @@ def write(results: dict, args, argv) -> None:
     lines += [
         "",
         f"Exported graph: {ex['int8_weights']} int8 weight tensors, {ex['quantized_inputs']} quantized layer inputs, "
-        f"{ex['folded_norms']} BatchNorms folded, {ex['output_quantizers']} output quantizers added and "
-        f"{ex['routed_adds']} residual-addition inputs routed through a layer's input quantizer for ONNX "
-        "Runtime's fusion (ranges from the folded BatchNorm, without data; `int8_outputs=False` adds neither). "
+        f"{ex['folded_norms']} BatchNorms folded, int32 biases. The model carries its own int8 data flow "
+        f"({acc['flow']}), so the export adds {ex['output_quantizers']} output quantizers and routes "
+        f"{ex['routed_adds']} residual additions: ONNX Runtime rounds where PyTorch does, up to float round-off. "
+        "`int8_outputs=False` keeps the BatchNorms and float biases (float kernels). "
         "Files (MB): " + ", ".join(f"{k} {v:.2f}" for k, v in acc["sizes_mb"].items()) + ".",
         "",
         "## Targets",
