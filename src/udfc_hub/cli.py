@@ -636,7 +636,8 @@ def cmd_export(args) -> dict[str, Any]:
         args,
         f"wrote {out.path} ({out.bytes / 1e6:.2f} MB): {out.int8_weights} int8 weight tensors, "
         f"{out.quantized_inputs} quantized layer inputs, {out.folded_norms} BatchNorms folded, "
-        f"{out.output_quantizers} output quantizers; ONNX Runtime vs PyTorch on a random batch: max |diff| "
+        f"{out.output_quantizers} output quantizers added (only a format-3 artifact needs them); "
+        "ONNX Runtime vs PyTorch on a random batch: max |diff| "
         f"{out.max_abs_diff:.2e}" + "".join(f"\nnote: {n}" for n in out.notes),
     )
     return {
