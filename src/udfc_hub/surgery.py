@@ -65,17 +65,26 @@ def _quantize_input(module: nn.Module, args: tuple) -> tuple:
     return (x, *args[1:])
 
 
+def _set_grid(module: nn.Module, side: str, bits_attr: str, act: ActRange | None, bits: int | None) -> None:
+    """Buffers ``{side}_scale`` (float32) and ``{side}_zero_point`` (int32), 0-d, and the bits attribute."""
+    setattr(module, bits_attr, int(act.bits if act is not None else bits))
+    module.register_buffer(f"{side}_scale", torch.tensor(act.scale if act is not None else 1.0, dtype=torch.float32))
+    module.register_buffer(f"{side}_zero_point", torch.tensor(act.zero_point if act else 0, dtype=torch.int32))
+
+
+def _grid(module: nn.Module, side: str, bits_attr: str) -> ActRange | None:
+    if getattr(module, bits_attr, None) is None or not hasattr(module, f"{side}_scale"):
+        return None
+    scale, zero = getattr(module, f"{side}_scale"), getattr(module, f"{side}_zero_point")
+    return ActRange(float(scale), int(zero), int(getattr(module, bits_attr)))
+
+
 def install_input_quantizer(module: nn.Module, act: ActRange | None = None, bits: int | None = None) -> nn.Module:
     """Quantize ``module``'s input on every call: buffers ``input_scale`` (float32) and ``input_zero_point``
     (int32), both 0-d, saved in the state dict; ``act`` fills them (a loader passes ``bits`` and loads them).
 
     Installing twice replaces the values and keeps a single hook."""
-    bits = act.bits if act is not None else bits
-    module.act_bits = int(bits)
-    scale = act.scale if act is not None else 1.0
-    zero = act.zero_point if act is not None else 0
-    module.register_buffer("input_scale", torch.tensor(scale, dtype=torch.float32))
-    module.register_buffer("input_zero_point", torch.tensor(zero, dtype=torch.int32))
+    _set_grid(module, "input", "act_bits", act, bits)
     if _quantize_input not in module._forward_pre_hooks.values():
         module.register_forward_pre_hook(_quantize_input)
     return module
@@ -83,9 +92,7 @@ def install_input_quantizer(module: nn.Module, act: ActRange | None = None, bits
 
 def input_range(module: nn.Module) -> ActRange | None:
     """The activation grid ``install_input_quantizer`` gave ``module``, or None."""
-    if getattr(module, "act_bits", None) is None or not hasattr(module, "input_scale"):
-        return None
-    return ActRange(float(module.input_scale), int(module.input_zero_point), int(module.act_bits))
+    return _grid(module, "input", "act_bits")
 
 
 def _quantize_output(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -96,10 +103,7 @@ def _quantize_output(module: nn.Module, args: tuple, output: torch.Tensor) -> to
 def install_output_quantizer(module: nn.Module, act: ActRange | None = None, bits: int | None = None) -> nn.Module:
     """Quantize what ``module`` returns on every call: buffers ``output_scale`` (float32) and
     ``output_zero_point`` (int32), as ``install_input_quantizer`` does for the input."""
-    bits = act.bits if act is not None else bits
-    module.output_act_bits = int(bits)
-    module.register_buffer("output_scale", torch.tensor(act.scale if act is not None else 1.0, dtype=torch.float32))
-    module.register_buffer("output_zero_point", torch.tensor(act.zero_point if act else 0, dtype=torch.int32))
+    _set_grid(module, "output", "output_act_bits", act, bits)
     if _quantize_output not in module._forward_hooks.values():
         module.register_forward_hook(_quantize_output)
     return module
@@ -107,6 +111,4 @@ def install_output_quantizer(module: nn.Module, act: ActRange | None = None, bit
 
 def output_range(module: nn.Module) -> ActRange | None:
     """The output grid ``install_output_quantizer`` gave ``module``, or None."""
-    if getattr(module, "output_act_bits", None) is None or not hasattr(module, "output_scale"):
-        return None
-    return ActRange(float(module.output_scale), int(module.output_zero_point), int(module.output_act_bits))
+    return _grid(module, "output", "output_act_bits")
