@@ -132,15 +132,22 @@ def test_efficientnet_family_quantizes_everything_and_prunes_the_head(name, tmp_
     model = timm.create_model(name).eval()
     spec = describe_model(model)
     _check_spec(model, spec)
-    assert spec.groups[-1].producer.name == "conv_head" and spec.notes
+    assert spec.groups[-1].producer.name == "conv_head"
     expansions = spec.groups[:-1]
-    assert expansions and all(not g.closed_form and g.producer.name.endswith("conv_pw") for g in expansions)
+    assert expansions and all(g.producer.name.endswith("conv_pw") for g in expansions)
+    # ReLU6 and no squeeze-excite (Lite, MobileNetV2): compensated through the depthwise conv; SiLU + SE: not
+    relu6 = name != "efficientnet_b0"
+    assert all(g.closed_form == relu6 and (g.depthwise is not None) == relu6 for g in expansions)
+    assert bool(spec.notes) != relu6
     paper = udfc_hub.compress(model, prune_ratio=0.25, bits=6, method="udfc")
     assert all(r.correction in ("norm", "rows") for r in paper.report.layers)  # t never reaches a consumer
     result = udfc_hub.compress(model, prune_ratio=0.25, bits=6)
     assert result.model.conv_head.out_channels == 960 and result.model.classifier.in_features == 960
-    # depthwise-coupled expansion channels are left alone by every compensating method
-    assert [r.name for r in result.report.pruned_layers] == ["conv_head"]
+    pruned = [r.name for r in result.report.pruned_layers]
+    assert pruned == ([g.producer.name for g in spec.groups] if relu6 else ["conv_head"])
+    # Neuron Merging pairs producer filters, which a depthwise conv makes meaningless: it leaves those whole
+    nm = udfc_hub.compress(model, prune_ratio=0.25, bits=None, method="nm")
+    assert [r.name for r in nm.report.pruned_layers] == ["conv_head"]
     # udfc+ removes the expected quantization shift of every layer with a BN after it
     assert all(r.bias_shift is not None for r in result.report.layers if r.name != "classifier")
     x = torch.randn(1, 3, 96, 96)

@@ -31,6 +31,8 @@ def _key(g):
         g.scale_commutes,
         g.relu_after_norm,
         g.closed_form,
+        g.depthwise,
+        g.relu_cap,
     )
 
 
@@ -50,8 +52,8 @@ def _linear_bottleneck_without_skip(g) -> bool:  # a projection whose block has 
     return g.producer.name.endswith(("conv_pw", "conv_pwl")) and g.closed_form and not g.relu_after_norm
 
 
-def _efficientnet_stem(g) -> bool:  # conv_stem -> bn1 -> act -> the first depthwise conv (no closed form)
-    return g.producer.name == "conv_stem" and not g.closed_form
+def _efficientnet_stem(g) -> bool:  # conv_stem -> bn1 -> act -> the first depthwise conv -> bn -> act -> conv_pw
+    return g.producer.name == "conv_stem" and (g.depthwise is not None or not g.closed_form)
 
 
 def _se_squeeze(g) -> bool:  # squeeze-excite: conv_reduce -> act -> conv_expand

@@ -44,7 +44,7 @@ FITS = ("relu", "linear")
 QUANT_CORRECTIONS = ("none", "udfc", "scale")
 LAYER_RATIOS = ("uniform", "adaptive")
 REFERENCES = ("compensated", "original")
-CRITERIA = ("l1", "l2")  # ops.prune.CRITERIA; a test keeps them equal
+CRITERIA = ("l1", "l2", "moments", "rebuild")  # ops.prune.CRITERIA; a test keeps them equal
 GRANULARITIES = ("tensor", "channel")  # ops.quantize.GRANULARITIES
 GRIDS = ("dorefa", "int")  # ops.quantize.GRIDS
 ACT_RANGES = ("max", "mse")  # ops.activations.ACT_RANGES
@@ -100,7 +100,14 @@ class CompressionConfig:
         "without data (needs weight bits); none = float activations",
         kind="bits",
     )
-    criterion: str = _option("l2", "filter norm that picks the kept channels", choices=CRITERIA, kind="choice")
+    criterion: str = _option(
+        "l2",
+        "what picks the kept channels: the filter's l1 or l2 norm; moments (the most variance added to the "
+        "consumers under udfc+'s moment model) or rebuild (the least error left once the pruned channels are "
+        "rebuilt, greedy); l2 where a group has no moment model",
+        choices=CRITERIA,
+        kind="choice",
+    )
     granularity: str = _option(
         "channel",
         "quantizer scale per output channel, or one per tensor (the paper)",

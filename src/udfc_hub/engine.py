@@ -223,7 +223,10 @@ class _Pass:
         src = self.original if self.cfg.reference == "original" else self.model
         ref = src.get_submodule(layer.name)
         ref_norm = src.get_submodule(layer.norm) if layer.norm else None
-        plan = plan_pruning(ref, ref_norm, group, self.n_keep[layer.name], self.cfg)
+        dw = group.depthwise
+        through = (src.get_submodule(dw.name), src.get_submodule(dw.norm)) if dw is not None and dw.norm else None
+        consumers = [(src.get_submodule(c.name).weight, c.dim) for c in group.consumers]
+        plan = plan_pruning(ref, ref_norm, group, self.n_keep[layer.name], self.cfg, through, consumers)
         if plan.fallback:
             self._fallbacks.append(layer.name)
         apply_pruning(self.model, layer, group, plan.keep, self.means)
@@ -319,7 +322,10 @@ def allocate_widths(model: nn.Module, spec: ModelSpec, cfg: CompressionConfig) -
     """Kept channels per pruned group. ``uniform``: floor((1 - ratio) n) each. ``adaptive``: the same total
     number of pruned channels, spread greedily to the groups whose relative reconstruction loss (UDFC's linear
     fit, bias term left out) grows least, each group keeping at least 10 % of its channels."""
-    groups = [g for g in spec.groups if g.closed_form or cfg.method == "prune"]
+    # Neuron Merging pairs producer filters: through a depthwise conv it has nothing to pair, so it leaves those
+    groups = [
+        g for g in spec.groups if (g.closed_form and not (g.depthwise and cfg.method == "nm")) or cfg.method == "prune"
+    ]
     sizes = {g.producer.name: model.get_submodule(g.producer.name).weight.shape[0] for g in groups}
     uniform = uniform_widths(sizes, cfg.prune_ratio)
     if cfg.layer_ratios == "uniform" or not uniform:
@@ -329,6 +335,8 @@ def allocate_widths(model: nn.Module, spec: ModelSpec, cfg: CompressionConfig) -
         mod = model.get_submodule(g.producer.name)
         norm = model.get_submodule(g.producer.norm) if g.producer.norm else None
         folded = fold_batchnorm(mod.weight, mod.bias, *bn_params(norm))
-        curves[g.producer.name] = loss_curve(folded.R, mod.weight, cfg.criterion)
+        curves[g.producer.name] = loss_curve(
+            folded.R, mod.weight, cfg.criterion if cfg.criterion != "moments" else "l2"
+        )
     budget = sum(sizes[n] - k for n, k in uniform.items())
     return allocate_greedy(sizes, curves, budget)

@@ -18,18 +18,24 @@ import torch.nn as nn
 from .adapters import ChannelGroup, Layer
 from .config import CompressionConfig
 from .ops import (
+    MOMENT_CRITERIA,
+    NORM_CRITERIA,
     QuantizedTensor,
     ReluMoments,
+    depthwise_correlation,
     expected_output_shift,
     filter_correlation,
     fold_batchnorm,
     intercepts,
+    keep_largest,
     merge_into_consumer,
     neuron_merging_scales,
+    output_importance,
     prune_loss,
     quantize_dorefa,
     rank_channels,
     relu_moments,
+    select_rebuildable,
     solve_nonnegative_scales,
     solve_prune_scales,
     solve_quant_correction,
@@ -43,6 +49,7 @@ __all__ = [
     "QuantizedLayer",
     "bn_params",
     "plan_pruning",
+    "depthwise_moments",
     "apply_pruning",
     "quantize_layer",
     "remove_expected_shift",
@@ -83,23 +90,57 @@ def _uses_moments(cfg: CompressionConfig) -> bool:
 
 @torch.no_grad()
 def plan_pruning(
-    ref: nn.Module, ref_norm: nn.Module | None, group: ChannelGroup, n_keep: int, cfg: CompressionConfig
+    ref: nn.Module,
+    ref_norm: nn.Module | None,
+    group: ChannelGroup,
+    n_keep: int,
+    cfg: CompressionConfig,
+    depthwise: tuple[nn.Module, nn.Module] | None = None,
+    consumers: list[tuple[torch.Tensor, int]] = (),
 ) -> PrunePlan:
-    """Rank ``ref``'s filters, keep ``n_keep``, and solve the pruning scales of ``cfg.method``."""
-    keep, pruned = rank_channels(ref.weight, n_keep, cfg.criterion)
+    """Choose ``n_keep`` of ``ref``'s channels by ``cfg.criterion`` and solve the pruning scales of ``cfg.method``.
+
+    ``depthwise``: the group's depthwise conv and its BatchNorm (``group.depthwise``), whose output the
+    consumers read; the moment model and the fit are then taken there. ``consumers``: their weights and input
+    dimensions, which ``criterion="moments"`` weighs each channel's variance with.
+    """
     folded = fold_batchnorm(ref.weight, ref.bias, *bn_params(ref_norm))
+    wanted = _uses_moments(cfg) or cfg.criterion in MOMENT_CRITERIA
     moments, fallback = None, False
-    if _uses_moments(cfg):
-        if group.relu_after_norm and ref_norm is not None:
-            # BN output of channel i ~ N(beta_i, gamma_i^2), correlated like the folded filters
-            moments = relu_moments(ref_norm.bias, ref_norm.weight.abs(), filter_correlation(folded.R))
-        else:
-            fallback = not group.relu_after_norm
+    if depthwise is not None and (wanted or cfg.method in ("udfc", "udfc+")):
+        moments = depthwise_moments(folded, ref_norm, *depthwise, group.relu_cap)
+    elif wanted and group.relu_after_norm and ref_norm is not None:
+        # BN output of channel i ~ N(beta_i, gamma_i^2), correlated like the folded filters
+        moments = relu_moments(ref_norm.bias, ref_norm.weight.abs(), filter_correlation(folded.R), cap=group.relu_cap)
+    elif _uses_moments(cfg):
+        fallback = not group.relu_after_norm
+    if cfg.criterion == "moments" and moments is not None:
+        keep, pruned = keep_largest(output_importance(moments.cov, list(consumers)), n_keep)
+    elif cfg.criterion == "rebuild" and moments is not None:
+        keep, pruned = select_rebuildable(moments.cov, list(consumers), n_keep)
+    else:
+        keep, pruned = rank_channels(ref.weight, n_keep, cfg.criterion if cfg.criterion in NORM_CRITERIA else "l2")
+    if depthwise is not None and cfg.method in ("udfc", "udfc+"):
+        # the depthwise output is what the consumers read: the fit happens there, in the moment model
+        scales = solve_relu_scales(moments, keep, pruned)
+        return PrunePlan(keep, pruned, scales, moments, "depthwise-moments", 0.0)
     scales, solver = _solve_scales(ref, ref_norm, folded, keep, pruned, moments, cfg)
     zero = torch.zeros(len(pruned), len(keep), dtype=torch.float64)
     loss = prune_loss(folded, keep, pruned, zero if scales is None else scales, cfg.alpha1)
     residual = float(loss.mean()) if len(pruned) else 0.0
     return PrunePlan(keep, pruned, scales, moments, solver, residual, fallback)
+
+
+def depthwise_moments(folded, norm: nn.Module, dw: nn.Module, dw_norm: nn.Module, cap: float | None) -> ReluMoments:
+    """Moments of ``act(dw_norm(dw(act(norm(producer)))))``: the producer's BN outputs as udfc+ models them
+    (N(beta, gamma^2), correlated like the folded filters), through the activation, the depthwise kernels
+    (``depthwise_correlation``, the spatial correlation read from ``dw_norm``'s running variance) and the second
+    BN (N(beta2, gamma2^2), the sign of gamma2 carried into the correlation), through the activation again."""
+    inner = relu_moments(norm.bias, norm.weight.abs(), filter_correlation(folded.R), cap=cap, fast=True)
+    corr = depthwise_correlation(inner.cov, dw.weight.detach(), dw_norm.running_var.detach())
+    sign = torch.sign(dw_norm.weight.detach().to(torch.float64))
+    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+    return relu_moments(dw_norm.bias, dw_norm.weight.abs(), corr * sign[:, None] * sign[None, :], cap=cap, fast=True)
 
 
 def _solve_scales(ref, ref_norm, folded, keep, pruned, moments, cfg: CompressionConfig):

@@ -46,6 +46,13 @@ class ChannelGroup:
     steps fall back to UDFC's linear fit with no correction for this group. ``closed_form=False`` marks channels
     with no closed-form compensation (they pass through a depthwise conv): only ``method="prune"`` removes them;
     the other methods leave them whole and say so in the report.
+
+    ``depthwise`` names a depthwise conv and its BatchNorm between the producer and the consumers (an
+    inverted-residual block's expansion channels): channel i of the producer feeds only channel i of it, which is
+    sliced with the group (list it in ``aligned`` too), and the consumers read its normalised, activated output.
+    With ``relu_after_norm`` both BatchNorms reach the next conv through a ReLU (capped at ``relu_cap``, e.g. 6
+    for ReLU6): udfc and udfc+ then fit the pruned channels in the depthwise output's moment model
+    (``ops.depthwise_correlation``) and compensate in the consumers, the same closed form one conv later.
     """
 
     producer: Layer
@@ -54,6 +61,8 @@ class ChannelGroup:
     scale_commutes: bool = True
     relu_after_norm: bool = False
     closed_form: bool = True
+    depthwise: Layer | None = None
+    relu_cap: float | None = None
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,16 @@
 Quantized: every conv (stem, pointwise, depthwise, SE) and the classifier; each layer's correction is folded into
 its own BatchNorm (or its output rows without one), since expansion channels feed a depthwise conv and the
 activations (ReLU6, SiLU) do not commute with scaling. Pruned: the head conv's channels, compensated in the
-classifier. The expansion channels of each inverted-residual block (conv_pw out, through conv_dw, bn2 and the SE,
-into conv_pwl) have no closed form in the paper: only ``method="prune"`` removes them, without compensation.
+classifier. The expansion channels of each inverted-residual block (conv_pw out, through conv_dw and bn2 into
+conv_pwl) are pruned with compensation in conv_pwl when both BatchNorms end in a ReLU or ReLU6 and there is no
+squeeze-excite (EfficientNet-Lite, MobileNetV2): the depthwise conv is per channel, so the fit moves one conv
+later (``ChannelGroup.depthwise``). With a squeeze-excite gate or another activation (SiLU) there is no closed form:
+only ``method="prune"`` removes those channels, without compensation.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch.nn as nn
 from timm.models._efficientnet_blocks import InvertedResidual, SqueezeExcite
@@ -41,9 +46,15 @@ class TimmEfficientNetAdapter:
             layers.append(Layer("classifier"))
             if head is not None:
                 groups.append(ChannelGroup(head, (Consumer("classifier"),), scale_commutes=False))
+        open_ = sum(not g.closed_form for g in groups)
         notes = (
-            "expansion channels pass through a depthwise conv (no closed form): udfc, udfc+ and nm prune only the "
-            "head; method='prune' also removes expansion channels, without compensation",
+            (
+                f"{open_} block(s) gate or activate their expansion channels in a way with no closed form (a "
+                "squeeze-excite, or not ReLU/ReLU6): udfc, udfc+ and nm leave those whole; method='prune' removes "
+                "them without compensation",
+            )
+            if open_
+            else ()
         )
         return ModelSpec(family=self.family, layers=tuple(layers), groups=tuple(groups), notes=notes)
 
@@ -57,6 +68,25 @@ def _expansion_group(p: str, block: InvertedResidual) -> ChannelGroup:
     se = block.se if hasattr(block.se, "conv_reduce") else None
     consumers = (Consumer(f"{p}.conv_pwl"),) + ((Consumer(f"{p}.se.conv_reduce"),) if se is not None else ())
     aligned = (f"{p}.conv_dw", f"{p}.bn2") + ((f"{p}.se.conv_expand",) if se is not None else ())
+    caps = {_relu_cap(block.bn1), _relu_cap(block.bn2)}
+    closed = se is None and len(caps) == 1 and None not in caps and isinstance(block.aa, nn.Identity)
     return ChannelGroup(
-        Layer(f"{p}.conv_pw", f"{p}.bn1"), consumers, aligned=aligned, scale_commutes=False, closed_form=False
+        Layer(f"{p}.conv_pw", f"{p}.bn1"),
+        consumers,
+        aligned=aligned,
+        scale_commutes=False,
+        relu_after_norm=closed,
+        closed_form=closed,
+        depthwise=Layer(f"{p}.conv_dw", f"{p}.bn2") if closed else None,
+        relu_cap=next(iter(caps)) if closed and math.isfinite(next(iter(caps))) else None,
     )
+
+
+def _relu_cap(norm: nn.Module) -> float | None:
+    """Where a BatchNormAct2d's activation saturates: inf for ReLU, 6 for ReLU6; None for anything else."""
+    act = getattr(norm, "act", None)
+    if not isinstance(getattr(norm, "drop", nn.Identity()), nn.Identity):
+        return None
+    if type(act) is nn.ReLU6:
+        return 6.0
+    return math.inf if type(act) is nn.ReLU else None

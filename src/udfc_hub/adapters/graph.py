@@ -14,9 +14,12 @@ a class decides what may be done with it:
 - one producer, consumers that are plain convs / linears, and only per-element ops, pooling and the producer's own
   BatchNorm in between: a prunable group with closed-form compensation. ``relu_after_norm`` when the ops are
   exactly one ReLU after that norm; ``scale_commutes`` when every op commutes with a positive per-channel scale.
-- a depthwise conv, a further BatchNorm, or a squeeze-excite gate (a ``[N, C, 1, 1]`` tensor multiplied in) on
-  the way: the group's channels can still be removed together (those modules are ``aligned``), but with no closed
-  form (``closed_form=False``; only ``method="prune"`` removes them).
+- a depthwise conv with its own BatchNorm, each BatchNorm followed by the same ReLU or ReLU6 and nothing else on
+  the way (an inverted-residual expansion): a closed-form group whose fit is taken after the depthwise conv
+  (``ChannelGroup.depthwise``).
+- any other depthwise conv, further BatchNorm, or a squeeze-excite gate (a ``[N, C, 1, 1]`` tensor multiplied in)
+  on the way: the group's channels can still be removed together (those modules are ``aligned``), but with no
+  closed form (``closed_form=False``; only ``method="prune"`` removes them).
 - anything else leaves the class whole, with the reason kept for the notes: several producers (a residual
   stream), a concat, a split, a reshape that mixes the channels with another dimension (attention heads), a norm
   over the channels (LayerNorm, GroupNorm), a grouped conv, a module called twice, the model's output, an op this
@@ -230,7 +233,7 @@ class _Recorder(TorchFunctionMode):
             for t in outs:
                 self.carry_same(t, src)
             if name not in _IDENTITY:
-                self.mark(src, name)
+                self.mark(src, "relu6" if name == "hardtanh" and _hardtanh_bounds(args, kwargs) == (0, 6) else name)
         elif name in _BINARY:
             self.binary(_BINARY[name], args, kwargs, outs)
         elif name == "conv2d":
@@ -667,14 +670,17 @@ def _spec_from(model: nn.Module, rec: _Recorder) -> Trace:  # noqa: C901 - the r
         extra_norms = [n for n in dict.fromkeys(info.norms) if n != norm]
         aligned = tuple(dict.fromkeys(extra_norms + info.depthwise + info.gates))
         ops = set(info.ops)
+        dw = _depthwise_between(info, norm, rec)
         groups.append(
             ChannelGroup(
                 producer=Layer(producer, norm),
                 consumers=tuple(Consumer(n) for n in dict.fromkeys(info.consumers)),
                 aligned=aligned,
                 scale_commutes=not aligned and ops <= _COMMUTING,
-                relu_after_norm=norm is not None and not aligned and info.ops == ["relu"],
-                closed_form=not aligned,
+                relu_after_norm=dw is not None or (norm is not None and not aligned and info.ops == ["relu"]),
+                closed_form=dw is not None or not aligned,
+                depthwise=dw,
+                relu_cap=6.0 if dw is not None and info.ops[0] == "relu6" else None,
             )
         )
         if not groups[-1].relu_after_norm and groups[-1].closed_form:
@@ -695,8 +701,9 @@ def _spec_from(model: nn.Module, rec: _Recorder) -> Trace:  # noqa: C901 - the r
     open_ = sum(not g.closed_form for g in groups)
     if open_:
         notes.append(
-            f"{open_} group(s) pass through a depthwise conv, a further norm or a gate (no closed form): udfc, udfc+ "
-            "and nm leave them whole; method='prune' removes them without compensation"
+            f"{open_} group(s) pass through a gate, a further norm or a depthwise conv not between two BatchNorm + "
+            "ReLU/ReLU6 pairs (no closed form): udfc, udfc+ and nm leave them whole; method='prune' removes them "
+            "without compensation"
         )
     spec = ModelSpec(family=f"traced ({type(model).__name__})", layers=layers, groups=tuple(groups), notes=tuple(notes))
     return Trace(spec=spec, left_whole=left, ops=rec.ops)
@@ -715,6 +722,24 @@ def _why_whole(info: _Class, rec: _Recorder, modules: dict[str, nn.Module]) -> s
         if not isinstance(m, _WEIGHT_TYPES) or (isinstance(m, nn.Conv2d) and m.groups != 1):
             return f"{type(m).__name__} that udfc_hub cannot resize"
     return None
+
+
+def _hardtanh_bounds(args, kwargs) -> tuple[float, float]:
+    """``F.hardtanh``'s (min_val, max_val): (0, 6) is ``nn.ReLU6``."""
+    return float(_arg(args, kwargs, 1, "min_val", -1.0)), float(_arg(args, kwargs, 2, "max_val", 1.0))
+
+
+def _depthwise_between(info: _Class, norm: str | None, rec: _Recorder) -> Layer | None:
+    """The depthwise conv and its BatchNorm when a class runs producer -> norm -> act -> depthwise -> norm -> act
+    -> consumers, with one act (ReLU or ReLU6) both times and nothing else on the way: its fit has a closed form
+    one conv later (``ChannelGroup.depthwise``)."""
+    if norm is None or len(info.depthwise) != 1 or info.gates or info.ops not in (["relu"] * 2, ["relu6"] * 2):
+        return None
+    dw = info.depthwise[0]
+    dw_norm = rec.norm_of.get(dw)
+    if [n for n in dict.fromkeys(info.norms) if n != norm] != [dw_norm]:
+        return None
+    return Layer(dw, dw_norm)
 
 
 class GraphAdapter:

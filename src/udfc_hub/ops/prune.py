@@ -15,19 +15,27 @@ import torch
 
 __all__ = [
     "CRITERIA",
+    "NORM_CRITERIA",
+    "MOMENT_CRITERIA",
     "NM_VARIANTS",
     "FoldedLayer",
     "PruneSolution",
     "fold_batchnorm",
     "channel_norms",
     "rank_channels",
+    "keep_largest",
     "solve_prune_scales",
     "prune_loss",
     "neuron_merging_scales",
     "merge_into_consumer",
 ]
 
-CRITERIA = ("l1", "l2")
+NORM_CRITERIA = ("l1", "l2")
+# from udfc+'s moment model instead of a filter norm: "moments" keeps the channels that add the most variance to
+# their consumers (``output_importance``), "rebuild" those that leave the least error once the others are rebuilt
+# from them (``select_rebuildable``)
+MOMENT_CRITERIA = ("moments", "rebuild")
+CRITERIA = NORM_CRITERIA + MOMENT_CRITERIA
 NM_VARIANTS = ("code", "derived")
 # |gamma| is clamped to at least this in c_j = sigma_j / gamma_j: real checkpoints have dead channels.
 GAMMA_EPS = 1e-8
@@ -102,15 +110,18 @@ def rank_channels(weight: torch.Tensor, n_keep: int, criterion: str = "l2") -> t
     >>> rank_channels(torch.tensor([[3.0], [1.0], [2.0]]), 2)
     (tensor([0, 2]), tensor([1]))
     """
-    if criterion not in CRITERIA:
-        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
-    n = weight.shape[0]
+    if criterion not in NORM_CRITERIA:
+        raise ValueError(f"criterion must be one of {NORM_CRITERIA}, got {criterion!r}")
+    return keep_largest(channel_norms(weight, criterion), n_keep)
+
+
+def keep_largest(scores: torch.Tensor, n_keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, pruned) indices, both ascending: the ``n_keep`` largest scores stay; ties go to the lower index."""
+    n = scores.shape[0]
     if not 0 < n_keep <= n:
         raise ValueError(f"n_keep must be in 1..{n}, got {n_keep}")
-    order = torch.sort(channel_norms(weight, criterion), descending=True, stable=True).indices
-    keep = torch.sort(order[:n_keep]).values
-    pruned = torch.sort(order[n_keep:]).values
-    return keep, pruned
+    order = torch.sort(scores, descending=True, stable=True).indices
+    return torch.sort(order[:n_keep]).values, torch.sort(order[n_keep:]).values
 
 
 def solve_prune_scales(
