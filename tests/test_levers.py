@@ -134,3 +134,19 @@ def test_inverted_residual_expansion_channels_are_compensated_through_the_depthw
     # benchmarks/results/imagenet_sample.md)
     assert errors["udfc+ l2"] < 0.8 * errors["prune"], errors
     assert errors["udfc+ moments"] < 0.8 * errors["udfc+ l2"], errors
+
+
+def test_moment_allocation_moves_pruning_to_where_channels_matter_least():
+    model = _calibrated("mobilenetv2_050")
+    spec = describe_model(model)
+    cfg = udfc_hub.CompressionConfig(prune_ratio=0.3, layer_ratios="moments")
+    widths = udfc_hub.engine.allocate_widths(model, spec, cfg)
+    uniform = udfc_hub.engine.allocate_widths(model, spec, cfg.replace(layer_ratios="uniform"))
+    assert widths.keys() == uniform.keys()
+    assert sum(widths.values()) == sum(uniform.values())  # the same number of channels pruned in all
+    assert widths != uniform
+    sizes = {g.producer.name: model.get_submodule(g.producer.name).weight.shape[0] for g in spec.groups}
+    for name, kept in widths.items():
+        assert kept >= 0.4 * sizes[name]  # no group loses more than 60 %
+    # the head has no moment model (a pooling lies between its ReLU6 and the classifier): it stays uniform
+    assert widths["conv_head"] == uniform["conv_head"]

@@ -42,7 +42,7 @@ __all__ = [
 METHODS = ("udfc+", "udfc", "nm", "prune", "rtn")
 FITS = ("relu", "linear")
 QUANT_CORRECTIONS = ("none", "udfc", "scale")
-LAYER_RATIOS = ("uniform", "adaptive")
+LAYER_RATIOS = ("uniform", "adaptive", "moments")
 REFERENCES = ("compensated", "original")
 CRITERIA = ("l1", "l2", "moments", "rebuild")  # ops.prune.CRITERIA; a test keeps them equal
 GRANULARITIES = ("tensor", "channel")  # ops.quantize.GRANULARITIES
@@ -162,8 +162,9 @@ class CompressionConfig:
     )
     layer_ratios: str = _option(
         "uniform",
-        "uniform (every group loses prune_ratio of its channels) or adaptive (same total, spread by each group's "
-        "reconstruction error)",
+        "uniform (every group loses prune_ratio of its channels), adaptive (same total, spread by each group's "
+        "reconstruction error) or moments (same total over the groups with a moment model, pruned where channels "
+        "carry the smallest share of their group's predicted output variance)",
         choices=LAYER_RATIOS,
         kind="choice",
         advanced=True,

@@ -17,7 +17,9 @@ probe (``bias_correction``), instead of UDFC's scale t (``quant_correction="none
 from __future__ import annotations
 
 import copy
+import math
 import time
+from functools import partial
 from typing import Any
 
 import torch
@@ -35,7 +37,7 @@ from .config import (
 )
 from .dataflow import OUTPUT_BITS, plan_int8_flow
 from .errors import InvalidArgumentError, UdfcError
-from .ops import QuantizedTensor, allocate_greedy, fold_batchnorm, loss_curve, uniform_widths
+from .ops import QuantizedTensor, allocate_greedy, fold_batchnorm, loss_curve, output_importance, uniform_widths
 from .ops.activations import image_range
 from .probe import has_batchnorm, probe_activation_ranges, probe_input_means
 from .profile import default_input_size, profile_model
@@ -45,6 +47,8 @@ from .steps import (
     apply_pruning,
     bn_params,
     compensate_consumers,
+    consumer_weights,
+    moment_model,
     place_correction,
     plan_pruning,
     quantize_layer,
@@ -225,7 +229,7 @@ class _Pass:
         ref_norm = src.get_submodule(layer.norm) if layer.norm else None
         dw = group.depthwise
         through = (src.get_submodule(dw.name), src.get_submodule(dw.norm)) if dw is not None and dw.norm else None
-        consumers = [(src.get_submodule(c.name).weight, c.dim) for c in group.consumers]
+        consumers = consumer_weights(group, src.get_submodule, partial(_norm_in, src, self.layers))
         plan = plan_pruning(ref, ref_norm, group, self.n_keep[layer.name], self.cfg, through, consumers)
         if plan.fallback:
             self._fallbacks.append(layer.name)
@@ -261,6 +265,32 @@ class _Pass:
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # the image itself is 8-bit data: a layer that reads it keeps an 8-bit grid over every normalised pixel value
 IMAGE_BITS = 8
+
+
+MIN_KEEP_MOMENTS = 0.4  # layer_ratios="moments": the smallest share of a group's channels kept
+
+
+@torch.no_grad()
+def _allocate_by_moments(model, spec: ModelSpec, groups, uniform: dict[str, int]) -> dict[str, int]:
+    layers = {layer.name: layer for layer in spec.layers}
+    curves, sizes = {}, {}
+    for g in groups:
+        mod = model.get_submodule(g.producer.name)
+        norm = model.get_submodule(g.producer.norm) if g.producer.norm else None
+        dw = g.depthwise
+        through = (model.get_submodule(dw.name), model.get_submodule(dw.norm)) if dw is not None and dw.norm else None
+        moments = moment_model(fold_batchnorm(mod.weight, mod.bias, *bn_params(norm)), norm, g, through)
+        if moments is None:
+            continue
+        imp = output_importance(moments.cov, consumer_weights(g, model.get_submodule, partial(_norm_in, model, layers)))
+        share = torch.sort(imp / imp.sum().clamp(min=1e-300)).values
+        n = len(share)
+        sizes[g.producer.name] = n
+        curves[g.producer.name] = torch.cat([share.new_zeros(1), share.cumsum(0)])[
+            : n - math.ceil(MIN_KEEP_MOMENTS * n) + 1
+        ]
+    budget = sum(sizes[name] - uniform[name] for name in sizes)
+    return {**uniform, **allocate_greedy(sizes, curves, budget)}
 
 
 def quantize_activations(
@@ -318,10 +348,18 @@ def quantize_activations(
     return notes
 
 
+def _norm_in(model: nn.Module, layers: dict[str, Layer], name: str) -> nn.Module | None:
+    layer = layers.get(name)
+    return model.get_submodule(layer.norm) if layer is not None and layer.norm else None
+
+
 def allocate_widths(model: nn.Module, spec: ModelSpec, cfg: CompressionConfig) -> dict[str, int]:
     """Kept channels per pruned group. ``uniform``: floor((1 - ratio) n) each. ``adaptive``: the same total
     number of pruned channels, spread greedily to the groups whose relative reconstruction loss (UDFC's linear
-    fit, bias term left out) grows least, each group keeping at least 10 % of its channels."""
+    fit, bias term left out) grows least, each group keeping at least 10 % of its channels. ``moments``: among
+    the groups with a moment model, the same total spread so that the channels pruned carry the smallest shares of
+    their group's importance (``output_importance``, in the consumers' BN units), each group keeping at least
+    40 %; the other groups stay uniform."""
     # Neuron Merging pairs producer filters: through a depthwise conv it has nothing to pair, so it leaves those
     groups = [
         g for g in spec.groups if (g.closed_form and not (g.depthwise and cfg.method == "nm")) or cfg.method == "prune"
@@ -330,6 +368,8 @@ def allocate_widths(model: nn.Module, spec: ModelSpec, cfg: CompressionConfig) -
     uniform = uniform_widths(sizes, cfg.prune_ratio)
     if cfg.layer_ratios == "uniform" or not uniform:
         return uniform
+    if cfg.layer_ratios == "moments":
+        return _allocate_by_moments(model, spec, groups, uniform)
     curves = {}
     for g in groups:
         mod = model.get_submodule(g.producer.name)

@@ -50,6 +50,8 @@ __all__ = [
     "bn_params",
     "plan_pruning",
     "depthwise_moments",
+    "moment_model",
+    "consumer_weights",
     "apply_pruning",
     "quantize_layer",
     "remove_expected_shift",
@@ -102,25 +104,21 @@ def plan_pruning(
 
     ``depthwise``: the group's depthwise conv and its BatchNorm (``group.depthwise``), whose output the
     consumers read; the moment model and the fit are then taken there. ``consumers``: their weights and input
-    dimensions, which ``criterion="moments"`` weighs each channel's variance with.
+    dimensions (``consumer_weights``), which the moment criteria weigh each channel with.
     """
     folded = fold_batchnorm(ref.weight, ref.bias, *bn_params(ref_norm))
-    wanted = _uses_moments(cfg) or cfg.criterion in MOMENT_CRITERIA
     moments, fallback = None, False
-    if depthwise is not None and (wanted or cfg.method in ("udfc", "udfc+")):
-        moments = depthwise_moments(folded, ref_norm, *depthwise, group.relu_cap)
-    elif wanted and group.relu_after_norm and ref_norm is not None:
-        # BN output of channel i ~ N(beta_i, gamma_i^2), correlated like the folded filters
-        moments = relu_moments(ref_norm.bias, ref_norm.weight.abs(), filter_correlation(folded.R), cap=group.relu_cap)
-    elif _uses_moments(cfg):
-        fallback = not group.relu_after_norm
+    through = depthwise is not None and cfg.method in ("udfc", "udfc+")
+    if through or _uses_moments(cfg) or cfg.criterion in MOMENT_CRITERIA:
+        moments = moment_model(folded, ref_norm, group, depthwise)
+        fallback = moments is None and _uses_moments(cfg) and not group.relu_after_norm
     if cfg.criterion == "moments" and moments is not None:
         keep, pruned = keep_largest(output_importance(moments.cov, list(consumers)), n_keep)
     elif cfg.criterion == "rebuild" and moments is not None:
         keep, pruned = select_rebuildable(moments.cov, list(consumers), n_keep)
     else:
         keep, pruned = rank_channels(ref.weight, n_keep, cfg.criterion if cfg.criterion in NORM_CRITERIA else "l2")
-    if depthwise is not None and cfg.method in ("udfc", "udfc+"):
+    if through:
         # the depthwise output is what the consumers read: the fit happens there, in the moment model
         scales = solve_relu_scales(moments, keep, pruned)
         return PrunePlan(keep, pruned, scales, moments, "depthwise-moments", 0.0)
@@ -129,6 +127,36 @@ def plan_pruning(
     loss = prune_loss(folded, keep, pruned, zero if scales is None else scales, cfg.alpha1)
     residual = float(loss.mean()) if len(pruned) else 0.0
     return PrunePlan(keep, pruned, scales, moments, solver, residual, fallback)
+
+
+@torch.no_grad()
+def moment_model(
+    folded, norm: nn.Module | None, group: ChannelGroup, depthwise: tuple[nn.Module, nn.Module] | None = None
+) -> ReluMoments | None:
+    """The moments of what the group's consumers read, from the BatchNorm statistics; None where the group has no
+    such model (no ReLU right after its norm)."""
+    if depthwise is not None:
+        return depthwise_moments(folded, norm, *depthwise, group.relu_cap)
+    if group.relu_after_norm and norm is not None:
+        # BN output of channel i ~ N(beta_i, gamma_i^2), correlated like the folded filters
+        return relu_moments(norm.bias, norm.weight.abs(), filter_correlation(folded.R), cap=group.relu_cap)
+    return None
+
+
+def consumer_weights(
+    group: ChannelGroup, module: Callable[[str], nn.Module], norm_of: Callable[[str], nn.Module | None]
+):
+    """Each consumer's weight in the units of its BatchNorm's output (rows times ``|gamma / sigma|``; as is without
+    a norm), with the dimension its input channels run along: what the moment criteria weigh channels with."""
+    out = []
+    for c in group.consumers:
+        w = module(c.name).weight.detach()
+        norm = norm_of(c.name)
+        if norm is not None and c.dim == 1:
+            gain = (norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)).abs()
+            w = w * gain.reshape((-1,) + (1,) * (w.ndim - 1))
+        out.append((w, c.dim))
+    return out
 
 
 def depthwise_moments(folded, norm: nn.Module, dw: nn.Module, dw_norm: nn.Module, cap: float | None) -> ReluMoments:
