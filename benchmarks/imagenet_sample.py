@@ -3,11 +3,12 @@
     python benchmarks/imagenet_sample.py [--limit N] [--bits 4 6 8] [--granularity tensor channel]
 
 Quantization: FP, then rtn, udfc (the paper) and udfc+ (the default) at each bit-width and quantizer
-granularity. Pruning the inverted-residual expansion channels (``--prune-ratio``, through the depthwise conv; the
-head too), with 6-bit weights and without: plain removal, udfc+ with norm-chosen channels, with channels chosen by
-the moment model, and with the moment allocation across blocks; MACs after each. Top-1, top-5 and top-1 agreement
-with FP on the 1,000-image sample fixture (one image per class, easier than the validation set: use it for
-before/after, not absolute claims). Writes benchmarks/results/imagenet_sample.json and .md.
+granularity, and udfc+ with mixed bit widths (``bit_widths="mixed"``: per-layer bits at the same total size).
+Pruning the inverted-residual expansion channels (``--prune-ratio``, through the depthwise conv; the head too),
+with 6-bit weights and without: plain removal, udfc+ with norm-chosen channels, with channels chosen by the moment
+model, and with the moment allocation across blocks; MACs after each. Top-1, top-5 and top-1 agreement with FP on
+the 1,000-image sample fixture (one image per class, easier than the validation set: use it for before/after, not
+absolute claims). Writes benchmarks/results/imagenet_sample.json and .md.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bits", nargs="+", type=int, default=[4, 6, 8])
     ap.add_argument("--granularity", nargs="+", default=["tensor", "channel"], choices=["tensor", "channel"])
-    ap.add_argument("--methods", nargs="+", default=["rtn", "udfc", "udfc+"], choices=list(udfc_hub.METHODS))
+    ap.add_argument("--methods", nargs="+", default=["rtn", "udfc", "udfc+"], choices=[*udfc_hub.METHODS, "mixed"])
+    ap.add_argument("--mixed", action=argparse.BooleanOptionalAction, default=True, help="udfc+ mixed-bit rows")
     ap.add_argument("--limit", type=int, help="N evenly spaced images only (smoke runs)")
     ap.add_argument("--prune-ratio", type=float, default=0.3, help="for the pruning rows (0: none)")
     ap.add_argument("--prune-bits", nargs="+", type=int, default=[6, 0], help="pruning rows' bits (0: float)")
@@ -67,9 +69,10 @@ def main(argv=None) -> None:
     ]
     for gran in args.granularity:
         for bits in args.bits:
-            for method in args.methods:
+            for method in args.methods + (["udfc+ mixed"] if args.mixed and gran == "channel" else []):
+                kw = dict(method="udfc+", bit_widths="mixed") if method == "udfc+ mixed" else dict(method=method)
                 t0 = time.perf_counter()
-                result = udfc_hub.compress(model, prune_ratio=0.0, bits=bits, method=method, granularity=gran)
+                result = udfc_hub.compress(model, prune_ratio=0.0, bits=bits, granularity=gran, **kw)
                 secs = time.perf_counter() - t0
                 res = udfc_hub.evaluate(result.model, data, batch_size=50, reference=fp_pred)
                 rows.append(
@@ -83,7 +86,7 @@ def main(argv=None) -> None:
                     }
                 )
                 print(
-                    f"  {gran:7} {bits}-bit {method:>5}: top-1 {res['top1']:.2f} top-5 {res['top5']:.2f} "
+                    f"  {gran:7} {bits}-bit {method:>11}: top-1 {res['top1']:.2f} top-5 {res['top5']:.2f} "
                     f"agreement {res['agreement']:.2f} ({secs:.2f} s)",
                     flush=True,
                 )

@@ -71,6 +71,8 @@ OPTION_CASES = [
     ({"prune_rate": 0.3}, "unknown compression option.*prune_rate"),
     ({"method": "nm", "fit": "relu"}, r"fit applies to method udfc or udfc\+ only"),
     ({"nonnegative": True}, r"nonnegative=True needs method 'udfc' or 'udfc\+' with fit='linear'"),
+    ({"bit_widths": "mixed", "bits": None}, "bit_widths='mixed' spreads the weight bits"),
+    ({"bit_widths": "auto"}, "bit_widths must be one of uniform, mixed"),
     ({"prune_ratio": 0, "bits": None}, "Nothing to do"),
 ]
 
@@ -344,12 +346,12 @@ TAMPER = {
     "no model_args": (lambda f: _edit_config(f, lambda c: c.pop("model_args")), "model_args"),
     "no udfc block": (lambda f: _edit_config(f, lambda c: c.pop("udfc")), "no udfc block"),
     "version only in udfc": (
-        lambda f: _edit_config(f, lambda c: c["udfc"].update(format_version=5)),
-        "format version 5",
+        lambda f: _edit_config(f, lambda c: c["udfc"].update(format_version=6)),
+        "format version 6",
     ),
     "version only in model_args": (
-        lambda f: _edit_config(f, lambda c: _args(c).update(format_version=5)),
-        "format version 5",
+        lambda f: _edit_config(f, lambda c: _args(c).update(format_version=6)),
+        "format version 6",
     ),
     "empty global_pool": (lambda f: _edit_config(f, lambda c: c.update(global_pool="")), "global_pool|cannot run"),
     "bad base architecture": (

@@ -47,7 +47,7 @@ def test_imagenet_sample_smoke(tmp_path):
     bench.main([*args, "--prune-bits", "6", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "imagenet_sample.json").read_text())
     rows = result["quantization"]
-    assert [r["method"] for r in rows] == ["fp", "rtn", "udfc", "udfc+"] and rows[1]["n"] == 8
+    assert [r["method"] for r in rows] == ["fp", "rtn", "udfc", "udfc+", "udfc+ mixed"] and rows[1]["n"] == 8
     (pruned,) = result["pruning"]
     assert pruned["label"] == "prune" and pruned["bits"] == 6 and pruned["macs"] < pruned["macs_before"]
     md = (tmp_path / "imagenet_sample.md").read_text()

@@ -3,6 +3,8 @@
 inverted-residual expansion channels."""
 
 import itertools
+import json
+import shutil
 
 import pytest
 import timm
@@ -150,3 +152,60 @@ def test_moment_allocation_moves_pruning_to_where_channels_matter_least():
         assert kept >= 0.4 * sizes[name]  # no group loses more than 60 %
     # the head has no moment model (a pooling lies between its ReLU6 and the classifier): it stays uniform
     assert widths["conv_head"] == uniform["conv_head"]
+
+
+def test_bit_allocation_is_optimal_where_brute_force_can_check():
+    # convex error curves (each extra bit helps less), equal sizes: raising the best marginal gain is optimal
+    g = torch.Generator().manual_seed(0)
+    layers = [f"l{i}" for i in range(4)]
+    errors = {}
+    for name in layers:
+        drops = torch.sort(torch.rand(6, generator=g), descending=True).values  # shrinking gains from 2 to 8 bits
+        errors[name] = {b: float(drops[b - 2 :].sum()) for b in range(2, 9)}
+    sizes = dict.fromkeys(layers, 10)
+    for bits in (3, 4, 6):
+        chosen = udfc_hub.ops.allocate_bits(errors, sizes, bits, 2)
+        assert sum(chosen.values()) == bits * len(layers)  # the whole budget, nothing more
+        best = min(
+            (c for c in itertools.product(range(2, 9), repeat=4) if sum(c) == bits * 4),
+            key=lambda c: sum(errors[n][b] for n, b in zip(layers, c, strict=True)),
+        )
+        total = sum(errors[n][b] for n, b in zip(layers, best, strict=True))
+        assert sum(errors[n][chosen[n]] for n in layers) == pytest.approx(total)
+    # unequal sizes: never over the budget
+    sizes = {"l0": 1, "l1": 7, "l2": 30, "l3": 100}
+    chosen = udfc_hub.ops.allocate_bits(errors, sizes, 4, 2)
+    assert sum(sizes[n] * chosen[n] for n in layers) <= 4 * sum(sizes.values())
+
+
+def test_mixed_bit_widths_round_trip_at_the_uniform_size(tmp_path):
+    model = _calibrated("mobilenetv2_050")
+    result = udfc_hub.compress(model, prune_ratio=0.0, bits=4, bit_widths="mixed", input_size=(3, 64, 64))
+    bits = {name: qt.bits for name, qt in result.quantized.items()}
+    assert len(set(bits.values())) > 2 and any("mixed bit widths" in n for n in result.report.notes)
+    # depthwise convs (9 weights per filter: coarse rounding hurts most) get more bits than the 4 asked for
+    dw = [b for n, b in bits.items() if n.endswith("conv_dw")]
+    assert min(dw) > 4
+    stored = sum(qt.codes.numel() * qt.bits for qt in result.quantized.values())
+    assert stored <= 4 * sum(qt.codes.numel() for qt in result.quantized.values())
+    folder = udfc_hub.save_pretrained(result, tmp_path / "m")
+    args = json.loads((folder / "config.json").read_text())["model_args"]
+    assert args["format_version"] == 5 and args["layer_bits"] == {n: b for n, b in bits.items() if b != 4}
+    loaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), result.model(x))
+    for edit, message in [
+        (lambda a: a["layer_bits"].__setitem__("conv_stem", 9), "layer_bits must map layer names to bits in 2..8"),
+        (lambda a: a["layer_bits"].__setitem__("bn1", 8), "not a quantized layer"),
+        (lambda a: a.__setitem__("format_version", 4), "layer_bits needs format version 5"),
+    ]:
+        bad = tmp_path / "bad"
+        shutil.rmtree(bad, ignore_errors=True)
+        shutil.copytree(folder, bad)
+        config = json.loads((bad / "config.json").read_text())
+        edit(config["model_args"])
+        config["udfc"]["format_version"] = config["model_args"]["format_version"]
+        (bad / "config.json").write_text(json.dumps(config))
+        with pytest.raises(udfc_hub.ArtifactError, match=message):
+            udfc_hub.check_artifact(bad)

@@ -48,7 +48,7 @@ def test_model_args_and_udfc_block_round_trip():
         ({"channels": {"layer1.0.conv1": 10**12}}, "channels must map layer names to widths"),
         ({"quantized_layers": {"conv1": [10**9, 1]}}, "quantized_layers must map layer names to scale shapes"),
         ({"bits": None}, "quantized layers but no 'bits'"),
-        ({"format_version": 5}, "format version 5.*Upgrade udfc-hub"),
+        ({"format_version": 6}, "format version 6.*Upgrade udfc-hub"),
         ({"shapes": {"layer1.0.conv1": (9, 16, 3, 3)}}, "kept channels of 'layer1.0.conv1' \\(8\\) disagree"),
         ({"shapes": {"conv1": (10**9, 3, 3, 3)}}, "shapes must map module names to weight shapes"),
         ({"base_architecture": ""}, "base_architecture must be a non-empty string"),

@@ -28,6 +28,7 @@ __all__ = [
     "FITS",
     "QUANT_CORRECTIONS",
     "LAYER_RATIOS",
+    "BIT_WIDTHS",
     "REFERENCES",
     "CRITERIA",
     "GRANULARITIES",
@@ -43,6 +44,7 @@ METHODS = ("udfc+", "udfc", "nm", "prune", "rtn")
 FITS = ("relu", "linear")
 QUANT_CORRECTIONS = ("none", "udfc", "scale")
 LAYER_RATIOS = ("uniform", "adaptive", "moments")
+BIT_WIDTHS = ("uniform", "mixed")
 REFERENCES = ("compensated", "original")
 CRITERIA = ("l1", "l2", "moments", "rebuild")  # ops.prune.CRITERIA; a test keeps them equal
 GRANULARITIES = ("tensor", "channel")  # ops.quantize.GRANULARITIES
@@ -106,6 +108,13 @@ class CompressionConfig:
         "consumers under udfc+'s moment model) or rebuild (the least error left once the pruned channels are "
         "rebuilt, greedy); l2 where a group has no moment model",
         choices=CRITERIA,
+        kind="choice",
+    )
+    bit_widths: str = _option(
+        "uniform",
+        "uniform (every layer at --bits) or mixed (per-layer widths in 2..8 at the same total weight size, chosen "
+        "without data to minimise the layers' summed relative rounding noise: depthwise and first layers get more)",
+        choices=BIT_WIDTHS,
         kind="choice",
     )
     granularity: str = _option(
@@ -261,6 +270,10 @@ class CompressionConfig:
         if self.fit is not None and self.method not in ("udfc", "udfc+"):
             raise InvalidArgumentError(
                 f"fit applies to method udfc or udfc+ only; method={self.method!r} chooses its scales its own way."
+            )
+        if self.bit_widths != "uniform" and self.bits is None:
+            raise InvalidArgumentError(
+                f"bit_widths={self.bit_widths!r} spreads the weight bits of --bits over the layers; set bits (2..8)."
             )
         fit = self.fit if self.fit is not None else PRESETS[self.method]["fit"]
         if self.nonnegative and (self.method not in ("udfc", "udfc+") or fit != "linear"):

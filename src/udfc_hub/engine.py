@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections import Counter
 from functools import partial
 from typing import Any
 
@@ -37,7 +38,18 @@ from .config import (
 )
 from .dataflow import OUTPUT_BITS, plan_int8_flow
 from .errors import InvalidArgumentError, UdfcError
-from .ops import QuantizedTensor, allocate_greedy, fold_batchnorm, loss_curve, output_importance, uniform_widths
+from .ops import (
+    MAX_BITS,
+    MIN_BITS,
+    QuantizedTensor,
+    allocate_bits,
+    allocate_greedy,
+    fold_batchnorm,
+    loss_curve,
+    output_importance,
+    quantize_dorefa,
+    uniform_widths,
+)
 from .ops.activations import image_range
 from .probe import has_batchnorm, probe_activation_ranges, probe_input_means
 from .profile import default_input_size, profile_model
@@ -109,6 +121,9 @@ def compress(
     means = _probe_means(work, spec, cfg, input_size, notes)
     n_keep = allocate_widths(work, spec, cfg) if cfg.prune_ratio > 0 else {}
     run = _Pass(work, model, spec, cfg, means, n_keep)
+    if cfg.bits is not None and cfg.bit_widths == "mixed":
+        run.layer_bits = allocate_layer_bits(work, spec, cfg)
+        notes.append(_mixed_note(run.layer_bits, cfg.bits))
     layers = spec.layers
     if progress:
         from tqdm.auto import tqdm
@@ -193,6 +208,7 @@ class _Pass:
         self.reports: list[LayerReport] = []
         self._notes: list[str] = []
         self._fallbacks: list[str] = []
+        self.layer_bits: dict[str, int] = {}  # bit_widths="mixed": each layer's own bits
 
     def visit(self, layer: Layer) -> None:
         cfg = self.cfg
@@ -239,7 +255,9 @@ class _Pass:
 
     def _quantize(self, layer: Layer, mod: nn.Module, norm: nn.Module | None, report: LayerReport):
         """Quantize the layer's weight; return UDFC's t when one is still to be placed."""
-        q = quantize_layer(mod, norm, self.cfg)
+        bits = self.layer_bits.get(layer.name, self.cfg.bits)
+        q = quantize_layer(mod, norm, self.cfg if bits == self.cfg.bits else self.cfg.replace(bits=bits))
+        report.bits = bits
         report.quant_error, report.t_range, report.correction = q.error, q.t_range, q.correction
         if self.cfg.bias_correction and layer.name in self.means:
             report.bias_shift = remove_expected_shift(mod, norm, q.weight - mod.weight.detach(), self.means[layer.name])
@@ -265,6 +283,31 @@ class _Pass:
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # the image itself is 8-bit data: a layer that reads it keeps an 8-bit grid over every normalised pixel value
 IMAGE_BITS = 8
+
+
+@torch.no_grad()
+def allocate_layer_bits(model: nn.Module, spec: ModelSpec, cfg: CompressionConfig) -> dict[str, int]:
+    """``bit_widths="mixed"``: each layer's bits, at the total weight bits of ``cfg.bits`` everywhere. A layer's
+    error at b bits is the mean over its output channels of ``|W~_c - W_c|^2 / |W_c|^2``, the relative noise
+    that rounding adds to each output (white inputs); ``ops.allocate_bits`` spreads the bits (widths before any
+    pruning)."""
+    errors, sizes = {}, {}
+    for layer in spec.layers:
+        w = model.get_submodule(layer.name).weight.detach()
+        flat = w.reshape(w.shape[0], -1).to(torch.float64)
+        power = (flat * flat).sum(1).clamp(min=1e-30)
+        errors[layer.name] = {}
+        for b in range(MIN_BITS, MAX_BITS + 1):
+            q = quantize_dorefa(w, b, cfg.granularity, cfg.grid or "dorefa").dequantize(torch.float64)
+            errors[layer.name][b] = float((((q.reshape(flat.shape) - flat) ** 2).sum(1) / power).mean())
+        sizes[layer.name] = w.numel()
+    return allocate_bits(errors, sizes, cfg.bits, MIN_BITS)
+
+
+def _mixed_note(layer_bits: dict[str, int], bits: int) -> str:
+    counts = Counter(layer_bits.values())
+    spread = ", ".join(f"{counts[b]} at {b}" for b in sorted(counts))
+    return f"mixed bit widths at the size of {bits} bits everywhere: {spread} (layers at their bits)"
 
 
 MIN_KEEP_MOMENTS = 0.4  # layer_ratios="moments": the smallest share of a group's channels kept

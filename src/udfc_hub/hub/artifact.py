@@ -28,7 +28,7 @@ from ..errors import ArtifactError, InvalidArgumentError
 from ..profile import ModelStats, profile_model
 from ..surgery import input_range, output_range
 from .card import render_card
-from .format import ACT_FORMAT_VERSION, FLOW_FORMAT_VERSION, FORMAT, FORMAT_VERSION
+from .format import ACT_FORMAT_VERSION, FLOW_FORMAT_VERSION, FORMAT, FORMAT_VERSION, MIXED_FORMAT_VERSION
 from .manifest import Manifest, Provenance, read_config_file
 from .quantized import convert_to_packed
 from .repo_id import check_repo_id
@@ -75,7 +75,11 @@ def pack_model(result: CompressionResult, base_model: str | None = None) -> nn.M
             act_outputs[name] = output_range(module).bits
     act_bits = result.report.config.act_bits or (min(act_layers.values()) if act_layers else None)
     grid = next(iter({qt.grid for qt in result.quantized.values()} or {"dorefa"}))
-    if act_inputs or act_outputs:
+    bits = result.report.config.bits
+    layer_bits = {name: qt.bits for name, qt in result.quantized.items() if qt.bits != bits}
+    if layer_bits:
+        version = MIXED_FORMAT_VERSION
+    elif act_inputs or act_outputs:
         version = FLOW_FORMAT_VERSION
     else:
         version = ACT_FORMAT_VERSION if act_layers or grid != "dorefa" else FORMAT_VERSION
@@ -90,7 +94,8 @@ def pack_model(result: CompressionResult, base_model: str | None = None) -> nn.M
         base_args={} if transformers_native else constructor_args(model, base),
         channels=resized_channels(result),
         shapes=resized_shapes(result),
-        bits=result.report.config.bits,
+        bits=bits,
+        layer_bits=layer_bits,
         quantized_layers={name: tuple(qt.scale.shape) for name, qt in result.quantized.items()},
         provenance=Provenance(
             settings=result.report.settings,

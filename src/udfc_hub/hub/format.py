@@ -1,6 +1,8 @@
 """The artifact format's name and version (bump the version when the layout of the files changes)."""
 
 FORMAT = "udfc-packed"
+# 5: per-layer weight bits ("layer_bits": the quantized layers whose bits differ from "bits", from
+#    bit_widths="mixed"); written only when set.
 # 4: the int8 data flow between layers ("act_inputs": enclosing modules whose input shares a layer's quantizer,
 #    "act_outputs": modules whose output is quantized, e.g. before a residual addition); written only when set.
 # 3: activation quantization ("act_bits", "act_layers": input scales and zero points in the weights file) and the
@@ -10,4 +12,5 @@ FORMAT = "udfc-packed"
 FORMAT_VERSION = 2  # what a weight-only artifact on the paper's grid is written as
 ACT_FORMAT_VERSION = 3
 FLOW_FORMAT_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+MIXED_FORMAT_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)

@@ -24,7 +24,14 @@ import torch.nn as nn
 from ..config import GRIDS, MAX_BITS, MIN_BITS, CompressionConfig
 from ..errors import ArtifactError, InvalidArgumentError
 from ..surgery import install_input_quantizer, install_output_quantizer, slice_channels
-from .format import ACT_FORMAT_VERSION, FLOW_FORMAT_VERSION, FORMAT, FORMAT_VERSION, READABLE_VERSIONS
+from .format import (
+    ACT_FORMAT_VERSION,
+    FLOW_FORMAT_VERSION,
+    FORMAT,
+    FORMAT_VERSION,
+    MIXED_FORMAT_VERSION,
+    READABLE_VERSIONS,
+)
 from .quantized import convert_to_packed
 
 __all__ = ["Manifest", "Provenance", "check_format", "read_config_file"]
@@ -129,6 +136,7 @@ class Manifest:
     act_layers: dict[str, int] = field(default_factory=dict)  # format 3: layer -> bits of its quantized input
     act_inputs: dict[str, int] = field(default_factory=dict)  # format 4: other module -> bits of its input
     act_outputs: dict[str, int] = field(default_factory=dict)  # format 4: module -> bits of its quantized output
+    layer_bits: dict[str, int] = field(default_factory=dict)  # format 5: quantized layer -> its bits, where not `bits`
 
     def __post_init__(self) -> None:
         check_format(self.format_version)
@@ -164,8 +172,33 @@ class Manifest:
                     f"({list(self.shapes.get(name, []))}); format 2 stores both and they must agree."
                 )
         object.__setattr__(self, "shapes", {k: tuple(v) for k, v in self.shapes.items()})
+        self._check_layer_bits()
         _check_base_args(self.base_args)
         self._check_activations()
+
+    def _check_layer_bits(self) -> None:
+        """Format 5: ``layer_bits``, the quantized layers stored at other bits than ``bits``."""
+        table = self.layer_bits
+        if not isinstance(table, dict) or not all(
+            isinstance(n, str) and not isinstance(b, bool) and b in range(MIN_BITS, MAX_BITS + 1)
+            for n, b in table.items()
+        ):
+            raise ArtifactError(f"config.json: layer_bits must map layer names to bits in {MIN_BITS}..{MAX_BITS}.")
+        stray = [n for n in table if n not in self.quantized_layers]
+        if stray:
+            raise ArtifactError(
+                f"config.json: layer_bits names {stray[0]!r}, which is not a quantized layer; it was edited."
+            )
+        if table and self.format_version < MIXED_FORMAT_VERSION:
+            raise ArtifactError(
+                f"config.json: layer_bits needs format version {MIXED_FORMAT_VERSION}, the file says "
+                f"{self.format_version}: it was edited; re-download or re-save it."
+            )
+        object.__setattr__(self, "layer_bits", dict(table))
+
+    def bits_of(self, layer: str) -> int | None:
+        """The bits of a quantized layer's stored codes."""
+        return self.layer_bits.get(layer, self.bits)
 
     def _check_activations(self) -> None:
         if self.grid not in GRIDS:
@@ -242,6 +275,7 @@ class Manifest:
                 if self.format_version >= FLOW_FORMAT_VERSION
                 else {}
             ),
+            **({"layer_bits": dict(self.layer_bits)} if self.format_version >= MIXED_FORMAT_VERSION else {}),
             "provenance": self.provenance.to_dict(),
             **self.base_args,
         }
@@ -267,6 +301,7 @@ class Manifest:
             act_layers=args.get("act_layers") or {},
             act_inputs=args.get("act_inputs") or {},
             act_outputs=args.get("act_outputs") or {},
+            layer_bits=args.get("layer_bits") or {},
         )
 
     # transformers: the config's udfc block
@@ -330,7 +365,7 @@ class Manifest:
             resize_to_shapes(model, self.shapes)
         for name, scale_shape in self.quantized_layers.items():
             try:
-                convert_to_packed(_get(model, name), self.bits, scale_shape, self.grid)
+                convert_to_packed(_get(model, name), self.bits_of(name), scale_shape, self.grid)
             except TypeError as e:  # e.g. a norm layer listed as quantized
                 raise ArtifactError(f"config.json lists {name!r} as a quantized layer: {e}.") from None
         for name, bits in {**self.act_layers, **self.act_inputs}.items():  # scales and zero points: in the weights

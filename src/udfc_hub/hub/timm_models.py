@@ -45,7 +45,7 @@ def build_skeleton(**model_args: Any) -> nn.Module:
     """
     manifest_keys = (
         "format_version", "base_architecture", "channels", "bits", "quantized_layers", "shapes", "provenance",
-        "grid", "act_bits", "act_layers", "act_inputs", "act_outputs",
+        "grid", "act_bits", "act_layers", "act_inputs", "act_outputs", "layer_bits",
     )  # fmt: skip
     stored = {k: model_args.pop(k) for k in manifest_keys if k in model_args}
     manifest = Manifest.from_model_args({**stored, **{k: model_args[k] for k in BASE_ARG_KEYS if k in model_args}})

@@ -1,6 +1,6 @@
 """Pure tensor math: no ``nn.Module`` knowledge lives here."""
 
-from .allocate import allocate_greedy, loss_curve, uniform_widths
+from .allocate import allocate_bits, allocate_greedy, loss_curve, uniform_widths
 from .moments import (
     ReluMoments,
     depthwise_correlation,
@@ -58,6 +58,7 @@ __all__ = [
     "PruneSolution",
     "QuantizedTensor",
     "ReluMoments",
+    "allocate_bits",
     "allocate_greedy",
     "channel_norms",
     "depthwise_correlation",

@@ -8,7 +8,7 @@ import torch
 
 from .prune import channel_norms
 
-__all__ = ["uniform_widths", "loss_curve", "allocate_greedy"]
+__all__ = ["uniform_widths", "loss_curve", "allocate_greedy", "allocate_bits"]
 
 
 def uniform_widths(sizes: dict[str, int], ratio: float) -> dict[str, int]:
@@ -70,3 +70,28 @@ def allocate_greedy(sizes: dict[str, int], curves: dict[str, torch.Tensor], budg
             break
         pruned[best] += 1
     return {name: sizes[name] - pruned[name] for name in sizes}
+
+
+def allocate_bits(errors: dict[str, dict[int, float]], sizes: dict[str, int], bits: int, low: int) -> dict[str, int]:
+    """Bit widths per layer at the total size of ``bits`` everywhere: start every layer at ``low`` and raise, one
+    bit at a time, the layer whose error falls most per weight bit added (``errors[name][b]``: the layer's error at
+    b bits; ``sizes``: its number of weights), while the budget allows. Optimal when the error curves are convex
+    and the sizes equal (marginal analysis); greedy otherwise.
+
+    >>> allocate_bits({"a": {2: 9.0, 3: 1.0, 4: 0.5}, "b": {2: 1.0, 3: 0.9, 4: 0.8}}, {"a": 1, "b": 1}, 3, 2)
+    {'a': 4, 'b': 2}
+    """
+    top = max(b for curve in errors.values() for b in curve)
+    chosen = dict.fromkeys(errors, low)
+    budget = sum(sizes[n] for n in errors) * (bits - low)
+    while True:
+        best, gain = None, 0.0
+        for name, b in chosen.items():
+            if b < top and sizes[name] <= budget:
+                g = (errors[name][b] - errors[name][b + 1]) / max(sizes[name], 1)
+                if g > gain:
+                    best, gain = name, g
+        if best is None:
+            return chosen
+        budget -= sizes[best]
+        chosen[best] += 1
