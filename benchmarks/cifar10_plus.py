@@ -98,6 +98,7 @@ QUANT_VARIANTS = [
     ),
     ("udfc+, tensor", dict(granularity="tensor"), "bias correction from the BN-matched probe, per-tensor scales"),
     ("udfc+", dict(), "bias correction from the BN-matched probe, per-channel scales (the default)"),
+    ("udfc+ mixed", dict(bit_widths="mixed"), "udfc+ with per-layer bits at the same total size"),
 ]
 
 COMBINED = [
@@ -117,6 +118,11 @@ COMBINED = [
         dict(criterion="rebuild", grid="int"),
         "the rebuildable channels on the integer grid",
     ),
+    (
+        "udfc+ rebuild, mixed bits",
+        dict(criterion="rebuild", bit_widths="mixed"),
+        "the rebuildable channels, per-layer bits at the same total size",
+    ),
 ]
 # the paper's claimed drops for ResNet-56 at 4 bits (issue 17's targets)
 PAPER_4BIT_DROPS = {0.3: 3.55, 0.4: 6.89, 0.5: 11.98}
@@ -126,7 +132,8 @@ def runs() -> list[tuple[str, str, float, int | None, dict]]:
     """(section, label, prune_ratio, bits, kwargs) of every run."""
     out = [("prune", label, r, None, kw) for r in RATIOS for label, kw, _ in PRUNE_VARIANTS]
     out += [("quant", label, 0.0, 4, kw) for label, kw, _ in QUANT_VARIANTS]
-    out += [("quant", label, 0.0, 6, kw) for label, kw, _ in QUANT_VARIANTS if label in ("rtn, channel", "udfc+")]
+    six = ("rtn, channel", "udfc+", "udfc+ mixed")
+    out += [("quant", label, 0.0, 6, kw) for label, kw, _ in QUANT_VARIANTS if label in six]
     out += [("combined", label, r, 4, kw) for r in RATIOS for label, kw, _ in COMBINED]
     return out
 
