@@ -146,6 +146,12 @@ def main(argv=None) -> None:
     ap.add_argument("--ratios", nargs="+", type=float, default=list(RATIOS), help="pruning ratios (smoke runs: one)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--from-json", type=Path, help="rewrite the table and plot from an earlier run's JSON (no runs)")
+    ap.add_argument(
+        "--reuse",
+        type=Path,
+        help="copy the rows of an earlier run's JSON with the same section, label, ratio, bits and kwargs instead of "
+        "running them again (the table says how many); only when the code they run has not changed",
+    )
     args = ap.parse_args(argv)
     RATIOS = tuple(args.ratios)
     if args.from_json:
@@ -163,7 +169,13 @@ def main(argv=None) -> None:
     fp = udfc_hub.evaluate(model, data, batch_size=500)
     print(f"{args.model}: FP top-1 {fp['top1']:.2f} on {fp['n']} images", flush=True)
     rows = [dict(section="fp", label="fp", prune_ratio=0.0, bits=None, kwargs={}, top1=fp["top1"], n=fp["n"])]
+    earlier = {_key(r): r for r in json.loads(args.reuse.read_text())} if args.reuse else {}
     for section, label, ratio, bits, kw in runs():
+        old = earlier.get(_key(dict(section=section, label=label, prune_ratio=ratio, bits=bits, kwargs=kw)))
+        if old is not None and old["n"] == fp["n"]:
+            rows.append({**old, "reused": True})
+            print(f"  {section:8} {label:22} ratio={ratio} bits={bits}: top-1 {old['top1']:.2f} (reused)", flush=True)
+            continue
         t0 = time.perf_counter()
         result = udfc_hub.compress(model, prune_ratio=ratio, bits=bits, **{"criterion": "l2", **kw})
         secs = time.perf_counter() - t0
@@ -235,6 +247,10 @@ def _kw(kw: dict) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in kw.items()) or "(defaults)"
 
 
+def _key(row: dict) -> str:
+    return json.dumps([row["section"], row["label"], row["prune_ratio"], row["bits"], row["kwargs"]], sort_keys=True)
+
+
 def _ratio_header(summary: str) -> list[str]:
     """A table header with one column per pruning ratio and a column summarising the row across them."""
     ratios = " | ".join(f"{r:.0%}".replace("%", " %") for r in RATIOS)
@@ -255,6 +271,11 @@ def markdown(rows, model: str, cli_args: str) -> str:
         "(a criterion in the kwargs replaces l2);",
         "the method's own defaults fill the rest (`udfc_hub.config.PRESETS`). Per-channel scales unless noted.",
         "'vs udfc+' is the row's top-1 minus the default method's in the same setting.",
+        *(
+            [f"{reused} of the {len(rows) - 1} rows were copied from the earlier run given by `--reuse` (same kwargs)."]
+            if (reused := sum(bool(r.get("reused")) for r in rows))
+            else []
+        ),
         "",
         "## Pruning only (full-precision weights)",
         "",

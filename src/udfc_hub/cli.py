@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--prune", dest="prune_ratios", type=_list(_ratio), default=[0.0], metavar="R,R",
                    help="prune ratios, comma-separated (default: 0)")  # fmt: skip
-    p.add_argument("--bits", dest="bit_widths", type=_list(_bits), default=[None], metavar="K,K",
+    p.add_argument("--bits", dest="bits_grid", type=_list(_bits), default=[None], metavar="K,K",
                    help="weight bit widths, comma-separated; 'none' for float (default: none)")  # fmt: skip
     method = CompressionConfig().method
     p.add_argument("--methods", type=_list(_method), default=[method], metavar="M,M",
@@ -738,7 +738,7 @@ def cmd_sweep(args) -> dict[str, Any]:
     result = sweep(
         args.models,
         prune_ratios=args.prune_ratios,
-        bits=args.bit_widths,
+        bits=args.bits_grid,
         methods=args.methods,
         options=config_options(args),
         data=args.data,

@@ -319,9 +319,9 @@ class CompressionConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain values in field order (config.json's ``udfc.compression``).
 
-        The activation options are left out where they take their default (float activations, the grid the
-        other options imply), so weight-only settings read as they did before they existed (older readers
-        refuse unknown keys; sweep cells keep their keys)."""
+        The activation options and ``bit_widths`` are left out where they take their default (float activations,
+        the grid the other options imply, uniform bits), so settings read as they did before those options existed
+        (older readers refuse unknown keys; sweep cells keep their keys)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         if out["act_bits"] is None:
             del out["act_bits"]
@@ -329,6 +329,8 @@ class CompressionConfig:
             del out["act_range"]
         if out["grid"] in (None, "int" if self.act_bits is not None else "dorefa"):
             del out["grid"]
+        if out["bit_widths"] == "uniform":
+            del out["bit_widths"]
         return out
 
     @classmethod

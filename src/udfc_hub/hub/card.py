@@ -78,7 +78,12 @@ def _quantization_done(manifest: Manifest, settings: dict) -> list[str]:
     done = []
     if bits is not None:
         grid = ", integer grid" if manifest.grid == "int" else ""
-        done.append(f"{bits}-bit weights ({settings['granularity']} scales{grid})")
+        if manifest.layer_bits:
+            spread = "/".join(str(b) for b in sorted({manifest.bits_of(n) for n in manifest.quantized_layers}))
+            scales = f"{settings['granularity']} scales{grid}"
+            done.append(f"mixed {spread}-bit weights, the size of {bits} bits everywhere ({scales})")
+        else:
+            done.append(f"{bits}-bit weights ({settings['granularity']} scales{grid})")
     if act is not None:
         done.append(f"{act}-bit activations (W{bits}A{act}: the input of every quantized layer, ranges without data)")
     return done
