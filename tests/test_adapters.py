@@ -139,8 +139,9 @@ def test_efficientnet_family_quantizes_everything_and_prunes_the_head(name, tmp_
     relu6 = name != "efficientnet_b0"
     assert all(g.closed_form == relu6 and (g.depthwise is not None) == relu6 for g in expansions)
     assert bool(spec.notes) != relu6
-    paper = udfc_hub.compress(model, prune_ratio=0.25, bits=6, method="udfc")
-    assert all(r.correction in ("norm", "rows") for r in paper.report.layers)  # t never reaches a consumer
+    # t never reaches a consumer (where t goes does not depend on pruning: quantization only keeps the test lean)
+    paper = udfc_hub.compress(model, prune_ratio=0.0, bits=6, method="udfc")
+    assert all(r.correction in ("norm", "rows") for r in paper.report.layers)
     result = udfc_hub.compress(model, prune_ratio=0.25, bits=6)
     assert result.model.conv_head.out_channels == 960 and result.model.classifier.in_features == 960
     pruned = [r.name for r in result.report.pruned_layers]

@@ -121,7 +121,9 @@ def plan_pruning(
     if through:
         # the depthwise output is what the consumers read: the fit happens there, in the moment model
         scales = solve_relu_scales(moments, keep, pruned)
-        return PrunePlan(keep, pruned, scales, moments, "depthwise-moments", 0.0)
+        return PrunePlan(
+            keep, pruned, scales, moments, "depthwise-moments", _moment_residual(moments, keep, pruned, scales)
+        )
     scales, solver = _solve_scales(ref, ref_norm, folded, keep, pruned, moments, cfg)
     zero = torch.zeros(len(pruned), len(keep), dtype=torch.float64)
     loss = prune_loss(folded, keep, pruned, zero if scales is None else scales, cfg.alpha1)
@@ -169,6 +171,17 @@ def depthwise_moments(folded, norm: nn.Module, dw: nn.Module, dw_norm: nn.Module
     sign = torch.sign(dw_norm.weight.detach().to(torch.float64))
     sign = torch.where(sign == 0, torch.ones_like(sign), sign)
     return relu_moments(dw_norm.bias, dw_norm.weight.abs(), corr * sign[:, None] * sign[None, :], cap=cap, fast=True)
+
+
+def _moment_residual(moments: ReluMoments, keep, pruned, scales) -> float:
+    """Mean over the pruned channels of ``Var(a_j - s_j a_S) / Var(a_j)`` in the moment model (the report's
+    residual for a depthwise group, where the filter-space loss of ``prune_loss`` means nothing)."""
+    if not len(pruned):
+        return 0.0
+    C = moments.cov
+    var = torch.diagonal(C)[pruned]
+    left = var - 2 * (scales * C[pruned][:, keep]).sum(1) + ((scales @ C[keep][:, keep]) * scales).sum(1)
+    return float(torch.where(var > 0, left / var.clamp(min=1e-300), torch.zeros_like(var)).mean())
 
 
 def _solve_scales(ref, ref_norm, folded, keep, pruned, moments, cfg: CompressionConfig):
