@@ -155,6 +155,11 @@ def test_moment_allocation_moves_pruning_to_where_channels_matter_least():
         assert kept >= 0.4 * sizes[name]  # no group loses more than 60 %
     # the head has no moment model (a pooling lies between its ReLU6 and the classifier): it stays uniform
     assert widths["conv_head"] == uniform["conv_head"]
+    # a ratio beyond the 40 % floor still prunes the total it asks for
+    deep = cfg.replace(prune_ratio=0.8)
+    assert sum(udfc_hub.engine.allocate_widths(model, spec, deep).values()) == sum(
+        udfc_hub.engine.allocate_widths(model, spec, deep.replace(layer_ratios="uniform")).values()
+    )
 
 
 def test_bit_allocation_is_optimal_where_brute_force_can_check():

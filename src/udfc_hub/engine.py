@@ -41,6 +41,7 @@ from .errors import InvalidArgumentError, UdfcError
 from .ops import (
     MAX_BITS,
     MIN_BITS,
+    NORM_CRITERIA,
     QuantizedTensor,
     allocate_bits,
     allocate_greedy,
@@ -101,8 +102,9 @@ def compress(
         **options: any option of ``CompressionConfig``, overriding ``config``: ``prune_ratio`` (in [0, 1)),
             ``bits`` (2..8, or None for float weights), ``method`` (``"udfc+"``, ``"udfc"``, ``"nm"``,
             ``"prune"``, ``"rtn"``), ``criterion``, ``granularity``, ``fit``, ``nonnegative``,
-            ``bias_correction``, ``variance_correction``, ``quant_correction``, ``layer_ratios``, ``alpha1``,
-            ``alpha2``, ``reference``, ``nm_variant``, ``nm_lambda``, ``nm_threshold``. Each option's meaning
+            ``bias_correction``, ``variance_correction``, ``quant_correction``, ``layer_ratios``, ``bit_widths``,
+            ``alpha1``, ``alpha2``, ``reference``, ``nm_variant``, ``nm_lambda``, ``nm_threshold``, ``act_bits``,
+            ``act_range``, ``grid``. Each option's meaning
             and accepted values are in ``CompressionConfig``'s fields (and ``udfc-hub compress --help``).
 
     Example:
@@ -329,9 +331,9 @@ def _allocate_by_moments(model, spec: ModelSpec, groups, uniform: dict[str, int]
         share = torch.sort(imp / imp.sum().clamp(min=1e-300)).values
         n = len(share)
         sizes[g.producer.name] = n
-        curves[g.producer.name] = torch.cat([share.new_zeros(1), share.cumsum(0)])[
-            : n - math.ceil(MIN_KEEP_MOMENTS * n) + 1
-        ]
+        # at most down to 40 % kept, or to the uniform width where the ratio asks for more
+        most = n - min(math.ceil(MIN_KEEP_MOMENTS * n), uniform[g.producer.name])
+        curves[g.producer.name] = torch.cat([share.new_zeros(1), share.cumsum(0)])[: most + 1]
     budget = sum(sizes[name] - uniform[name] for name in sizes)
     return {**uniform, **allocate_greedy(sizes, curves, budget)}
 
@@ -402,7 +404,7 @@ def allocate_widths(model: nn.Module, spec: ModelSpec, cfg: CompressionConfig) -
     fit, bias term left out) grows least, each group keeping at least 10 % of its channels. ``moments``: among
     the groups with a moment model, the same total spread so that the channels pruned carry the smallest shares of
     their group's importance (``output_importance``, in the consumers' BN units), each group keeping at least
-    40 %; the other groups stay uniform."""
+    40 % (or its uniform width, when the ratio asks for more); the other groups stay uniform."""
     # Neuron Merging pairs producer filters: through a depthwise conv it has nothing to pair, so it leaves those
     groups = [
         g for g in spec.groups if (g.closed_form and not (g.depthwise and cfg.method == "nm")) or cfg.method == "prune"
@@ -418,8 +420,7 @@ def allocate_widths(model: nn.Module, spec: ModelSpec, cfg: CompressionConfig) -
         mod = model.get_submodule(g.producer.name)
         norm = model.get_submodule(g.producer.norm) if g.producer.norm else None
         folded = fold_batchnorm(mod.weight, mod.bias, *bn_params(norm))
-        curves[g.producer.name] = loss_curve(
-            folded.R, mod.weight, cfg.criterion if cfg.criterion != "moments" else "l2"
-        )
+        norm_criterion = cfg.criterion if cfg.criterion in NORM_CRITERIA else "l2"
+        curves[g.producer.name] = loss_curve(folded.R, mod.weight, norm_criterion)
     budget = sum(sizes[n] - k for n, k in uniform.items())
     return allocate_greedy(sizes, curves, budget)
