@@ -245,8 +245,7 @@ class _Pass:
         src = self.original if self.cfg.reference == "original" else self.model
         ref = src.get_submodule(layer.name)
         ref_norm = src.get_submodule(layer.norm) if layer.norm else None
-        dw = group.depthwise
-        through = (src.get_submodule(dw.name), src.get_submodule(dw.norm)) if dw is not None and dw.norm else None
+        through = _depthwise_modules(src, group)
         consumers = consumer_weights(group, src.get_submodule, partial(_norm_in, src, self.layers))
         plan = plan_pruning(ref, ref_norm, group, self.n_keep[layer.name], self.cfg, through, consumers)
         if plan.fallback:
@@ -322,9 +321,9 @@ def _allocate_by_moments(model, spec: ModelSpec, groups, uniform: dict[str, int]
     for g in groups:
         mod = model.get_submodule(g.producer.name)
         norm = model.get_submodule(g.producer.norm) if g.producer.norm else None
-        dw = g.depthwise
-        through = (model.get_submodule(dw.name), model.get_submodule(dw.norm)) if dw is not None and dw.norm else None
-        moments = moment_model(fold_batchnorm(mod.weight, mod.bias, *bn_params(norm)), norm, g, through)
+        moments = moment_model(
+            fold_batchnorm(mod.weight, mod.bias, *bn_params(norm)), norm, g, _depthwise_modules(model, g)
+        )
         if moments is None:
             continue
         imp = output_importance(moments.cov, consumer_weights(g, model.get_submodule, partial(_norm_in, model, layers)))
@@ -391,6 +390,12 @@ def quantize_activations(
         f"{flow['int32_biases']} bias(es) on the int32 grid"
     )
     return notes
+
+
+def _depthwise_modules(model: nn.Module, group: ChannelGroup) -> tuple[nn.Module, nn.Module] | None:
+    """The group's depthwise conv and its BatchNorm in ``model`` (``plan_pruning``'s ``depthwise``), if any."""
+    dw = group.depthwise
+    return (model.get_submodule(dw.name), model.get_submodule(dw.norm)) if dw is not None and dw.norm else None
 
 
 def _norm_in(model: nn.Module, layers: dict[str, Layer], name: str) -> nn.Module | None:

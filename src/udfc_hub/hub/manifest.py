@@ -119,6 +119,14 @@ class Provenance:
         )
 
 
+def _is_bits_table(table: Any, named: bool = False) -> bool:
+    """A dict from module names (non-empty with ``named``) to integer bits in MIN_BITS..MAX_BITS."""
+    return isinstance(table, dict) and all(
+        isinstance(n, str) and (n or not named) and not isinstance(b, bool) and b in range(MIN_BITS, MAX_BITS + 1)
+        for n, b in table.items()
+    )
+
+
 @dataclass(frozen=True)
 class Manifest:
     """A compressed model's structure and provenance (see the module docstring)."""
@@ -179,10 +187,7 @@ class Manifest:
     def _check_layer_bits(self) -> None:
         """Format 5: ``layer_bits``, the quantized layers stored at other bits than ``bits``."""
         table = self.layer_bits
-        if not isinstance(table, dict) or not all(
-            isinstance(n, str) and not isinstance(b, bool) and b in range(MIN_BITS, MAX_BITS + 1)
-            for n, b in table.items()
-        ):
+        if not _is_bits_table(table):
             raise ArtifactError(f"config.json: layer_bits must map layer names to bits in {MIN_BITS}..{MAX_BITS}.")
         stray = [n for n in table if n not in self.quantized_layers]
         if stray:
@@ -207,10 +212,7 @@ class Manifest:
         if act is not None and (isinstance(act, bool) or act not in range(MIN_BITS, MAX_BITS + 1)):
             raise ArtifactError(f"config.json: act_bits must be an integer in {MIN_BITS}..{MAX_BITS} or null.")
         layers = self.act_layers
-        if not isinstance(layers, dict) or not all(
-            isinstance(n, str) and not isinstance(b, bool) and b in range(MIN_BITS, MAX_BITS + 1)
-            for n, b in layers.items()
-        ):
+        if not _is_bits_table(layers):
             raise ArtifactError(
                 f"config.json: act_layers must map layer names to input bits in {MIN_BITS}..{MAX_BITS}."
             )
@@ -235,10 +237,7 @@ class Manifest:
         layers = self.act_layers
         for key in ("act_inputs", "act_outputs"):
             table = getattr(self, key)
-            if not isinstance(table, dict) or not all(
-                isinstance(n, str) and n and not isinstance(b, bool) and b in range(MIN_BITS, MAX_BITS + 1)
-                for n, b in table.items()
-            ):
+            if not _is_bits_table(table, named=True):
                 raise ArtifactError(f"config.json: {key} must map module names to bits in {MIN_BITS}..{MAX_BITS}.")
             if table and not layers:
                 raise ArtifactError(f"config.json: {key} needs act_layers (quantized layer inputs); it was edited.")
