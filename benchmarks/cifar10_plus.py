@@ -5,10 +5,10 @@
 
 Each variant is one ``udfc_hub.compress`` call (its keyword arguments are printed in the table), so any row can be
 reproduced from the Python API. The variants that lost stay in the table. Writes
-benchmarks/results/cifar10_plus.json (one row per run) and cifar10_plus.md. l2 criterion throughout, as in the
-paper's Table 2, except the rows that choose channels by the moment model (their kwargs say so). The pruning + 4-bit
-rows run at every ratio, with the paper's claimed drops as targets (issue 17). Needs the shared fixtures
-(UDFC_FIXTURES).
+benchmarks/results/cifar10_plus.json (one row per run) and cifar10_plus.md. l2 criterion and uniform widths
+throughout (``BASE``), as in the paper's Table 2, except where the kwargs say otherwise: the default udfc+ row
+("udfc+") chooses channels and widths by the moment model. The pruning + 4-bit rows run at every ratio, with the
+paper's claimed drops as targets (issue 17). Needs the shared fixtures (UDFC_FIXTURES).
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("UDFC_FIXTURES", REPO.parent / "shared" / "fixtures"))
 CHECKPOINTS = {"cifar_resnet56": "resnet56-4bfd9763.th", "cifar_resnet20": "resnet20-12fca82f.th"}
 RATIOS = (0.3, 0.4, 0.5)
+# what every row's kwargs are added to: the paper's channel criterion and uniform widths
+BASE = dict(criterion="l2", layer_ratios="uniform")
+# the default udfc+ (PRESETS), spelled out: BASE would otherwise replace it
+DEFAULT = dict(criterion="moments", layer_ratios="moments")
 
 # Pruning only, full-precision weights: (label, compress keyword arguments, what it is)
 PRUNE_VARIANTS = [
@@ -56,8 +60,8 @@ PRUNE_VARIANTS = [
         dict(fit="linear", nonnegative=True),
         "udfc+ with the linear fit constrained to scales >= 0",
     ),
-    ("udfc+ no vc", dict(variance_correction=False), "udfc+ without the variance correction"),
-    ("udfc+", dict(), "ReLU-aware moment fit + bias correction + variance correction (the default)"),
+    ("udfc+ no vc", dict(variance_correction=False), "udfc+ l2 without the variance correction"),
+    ("udfc+ l2", dict(), "ReLU-aware moment fit + bias correction + variance correction, l2 channels, uniform widths"),
     (
         "udfc+ adaptive",
         dict(layer_ratios="adaptive"),
@@ -74,9 +78,10 @@ PRUNE_VARIANTS = [
         "udfc+ keeping the channels that leave the least predicted error once the others are rebuilt (greedy)",
     ),
     (
-        "udfc+ moments, moment alloc.",
-        dict(criterion="moments", layer_ratios="moments"),
-        "udfc+ moments, the same total spread across layers by each channel's share of its layer's variance",
+        "udfc+",
+        DEFAULT,
+        "the default: udfc+ moments, the same total spread across layers by each channel's share of its layer's "
+        "variance",
     ),
 ]
 
@@ -103,16 +108,12 @@ QUANT_VARIANTS = [
 
 COMBINED = [
     ("udfc, tensor", dict(method="udfc", granularity="tensor"), "the paper (Table 2 setting)"),
-    ("udfc+", dict(), "the default"),
-    ("udfc+, tensor", dict(granularity="tensor"), "udfc+ with per-tensor scales"),
+    ("udfc+", DEFAULT, "the default: moment criterion and allocation"),
+    ("udfc+ l2", dict(), "udfc+ with l2 channels and uniform widths"),
+    ("udfc+, tensor", dict(granularity="tensor"), "udfc+ l2 with per-tensor scales"),
     ("udfc+ adaptive", dict(layer_ratios="adaptive"), "udfc+ with adaptive per-layer ratios"),
     ("udfc+ int grid", dict(grid="int"), "udfc+ on the integer grid (2^k - 1 levels, zero one of them)"),
     ("udfc+ rebuild", dict(criterion="rebuild"), "udfc+ keeping the most rebuildable channels"),
-    (
-        "udfc+ moments, moment alloc.",
-        dict(criterion="moments", layer_ratios="moments"),
-        "udfc+ with the moment criterion and allocation",
-    ),
     (
         "udfc+ rebuild, int grid",
         dict(criterion="rebuild", grid="int"),
@@ -177,7 +178,7 @@ def main(argv=None) -> None:
             print(f"  {section:8} {label:22} ratio={ratio} bits={bits}: top-1 {old['top1']:.2f} (reused)", flush=True)
             continue
         t0 = time.perf_counter()
-        result = udfc_hub.compress(model, prune_ratio=ratio, bits=bits, **{"criterion": "l2", **kw})
+        result = udfc_hub.compress(model, prune_ratio=ratio, bits=bits, **{**BASE, **kw})
         secs = time.perf_counter() - t0
         res = udfc_hub.evaluate(result.model, data, batch_size=500, reference=fp_pred)
         rows.append(
@@ -222,13 +223,13 @@ def plot(rows, model: str, out: Path) -> None:
     fp = rows[0]["top1"]
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = [r * 100 for r in RATIOS]
-    for label, style in (("prune", "o-"), ("nm", "s-"), ("udfc", "^-"), ("udfc+", "D-")):
+    for label, style in (("prune", "o-"), ("nm", "s-"), ("udfc", "^-"), ("udfc+ l2", "v-"), ("udfc+", "D-")):
         ax.plot(xs, [_get(rows, "prune", label, r, None) for r in RATIOS], style, label=f"{label}, full precision")
     both = _get(rows, "combined", "udfc+", 0.3, 4)
     if both is not None:
         ax.plot([30], [both], "r*", markersize=12, label="udfc+ 30 % + 4-bit")
     ax.axhline(fp, color="grey", lw=0.8, label=f"FP {fp:.2f}")
-    ax.set(title=f"{model}: top-1 after data-free pruning (l2)", xlabel="pruning ratio (%)", ylabel="top-1 (%)")
+    ax.set(title=f"{model}: top-1 after data-free pruning", xlabel="pruning ratio (%)", ylabel="top-1 (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -264,11 +265,11 @@ def markdown(rows, model: str, cli_args: str) -> str:
     fp = rows[0]["top1"]
     n = rows[0]["n"]
     out = [
-        f"# {model}: data-free compensation variants (FP {fp:.2f}, {n} fixture images, l2)",
+        f"# {model}: data-free compensation variants (FP {fp:.2f}, {n} fixture images)",
         "",
         f"Command: `python benchmarks/cifar10_plus.py{' ' + cli_args if cli_args else ''}`.",
-        "Every row is `udfc_hub.compress(model, prune_ratio, bits, criterion='l2', **kwargs)` with the kwargs shown",
-        "(a criterion in the kwargs replaces l2);",
+        "Every row is `udfc_hub.compress(model, prune_ratio, bits, criterion='l2', layer_ratios='uniform', **kwargs)`",
+        "with the kwargs shown (which replace those two);",
         "the method's own defaults fill the rest (`udfc_hub.config.PRESETS`). Per-channel scales unless noted.",
         "'vs udfc+' is the row's top-1 minus the default method's in the same setting.",
         *(

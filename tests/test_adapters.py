@@ -142,7 +142,8 @@ def test_efficientnet_family_quantizes_everything_and_prunes_the_head(name, tmp_
     # t never reaches a consumer (where t goes does not depend on pruning: quantization only keeps the test lean)
     paper = udfc_hub.compress(model, prune_ratio=0.0, bits=6, method="udfc")
     assert all(r.correction in ("norm", "rows") for r in paper.report.layers)
-    result = udfc_hub.compress(model, prune_ratio=0.25, bits=6)
+    # uniform widths: every expansion group loses a quarter (the moment allocation may keep a group whole)
+    result = udfc_hub.compress(model, prune_ratio=0.25, bits=6, layer_ratios="uniform")
     assert result.model.conv_head.out_channels == 960 and result.model.classifier.in_features == 960
     pruned = [r.name for r in result.report.pruned_layers]
     assert pruned == ([g.producer.name for g in spec.groups] if relu6 else ["conv_head"])

@@ -38,7 +38,8 @@ def cifar20():
 
 @pytest.fixture(scope="module")
 def resnet18_result():
-    return compress(timm.create_model("resnet18").eval(), prune_ratio=0.3, bits=4)
+    # uniform widths: the layout checks below name each group's width
+    return compress(timm.create_model("resnet18").eval(), prune_ratio=0.3, bits=4, layer_ratios="uniform")
 
 
 @pytest.mark.parametrize("bits", range(2, 9))
@@ -196,7 +197,7 @@ def test_refuses_non_empty_target_and_overwrites_atomically(cifar20, tmp_path, m
 
 @pytest.fixture()
 def saved(cifar20, tmp_path):
-    return save_pretrained(compress(cifar20, prune_ratio=0.3, bits=4), tmp_path / "m")
+    return save_pretrained(compress(cifar20, prune_ratio=0.3, bits=4, layer_ratios="uniform"), tmp_path / "m")
 
 
 def test_unknown_format_version(saved):
@@ -253,7 +254,7 @@ def test_without_import_udfc_hub_timm_fails_loudly(saved):
 
 def test_a_loaded_artifact_can_be_compressed_again(saved, tmp_path):
     loaded = _load_timm(saved)
-    again = compress(loaded, prune_ratio=0.2, bits=3)
+    again = compress(loaded, prune_ratio=0.2, bits=3, layer_ratios="uniform")
     folder = save_pretrained(again, tmp_path / "again")
     x = torch.randn(2, 3, 32, 32)
     assert (_logits(_load_timm(folder), x) - _logits(again.model, x)).abs().max() <= 1e-5

@@ -55,12 +55,12 @@ OPTION_CASES = [
     ({"method": None}, "method must be one of"),
     ({"criterion": "l3"}, "criterion must be one of l1, l2"),
     ({"granularity": "row"}, "granularity must be one of tensor, channel"),
-    ({"fit": "cubic"}, "fit must be one of None, relu, linear"),
+    ({"fit": "cubic"}, "fit must be one of relu, linear"),
     ({"nonnegative": None}, "nonnegative must be True or False"),
     ({"nonnegative": "yes"}, "nonnegative must be True or False"),
     ({"bias_correction": "yes"}, "bias_correction must be True or False"),
     ({"variance_correction": 0}, "variance_correction must be True or False"),
-    ({"quant_correction": "t"}, "quant_correction must be one of None, none, udfc, scale"),
+    ({"quant_correction": "t"}, "quant_correction must be one of none, udfc, scale"),
     ({"layer_ratios": "greedy"}, "layer_ratios must be one of uniform, adaptive"),
     ({"alpha1": -1.0}, r"alpha1 must be a number in \[0, inf\]"),
     ({"alpha2": float("nan")}, "alpha2 must be a number"),
@@ -413,7 +413,8 @@ TAMPER_V2 = {
 @pytest.fixture(scope="module")
 def saved_v2(tmp_path_factory):
     torch.manual_seed(0)
-    result = udfc_hub.compress(timm.create_model("cifar_resnet20"), prune_ratio=0.5, bits=3)
+    # uniform widths: every block's conv1 pruned (the tampering below edits layer1.0's)
+    result = udfc_hub.compress(timm.create_model("cifar_resnet20"), prune_ratio=0.5, bits=3, layer_ratios="uniform")
     return udfc_hub.save_pretrained(result, tmp_path_factory.mktemp("v2") / "m")
 
 

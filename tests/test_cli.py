@@ -3,6 +3,7 @@ console script runs, without paying the package import for every call), or in a 
 the command its own environment (a Hub endpoint, a token, an empty cache), and for the console script itself."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -96,10 +97,15 @@ def test_eval_a_saved_folder(saved):
 
 
 def test_inspect_shows_groups_and_sizes():
-    proc = run("inspect", "resnet18", "--prune", "0.5", "--bits", "4", "--json")
+    proc = run("inspect", "resnet18", "--prune", "0.5", "--bits", "4", "--layer-ratios", "uniform", "--json")
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert len(info["groups"]) == 8 and info["groups"][0]["kept at 50%"] == "32"
+    # the default (udfc+, layer_ratios="moments") moves widths between the groups, not the total
+    default = json.loads(run("inspect", "resnet18", "--prune", "0.5", "--bits", "4", "--json").stdout)
+    widths = [(int(g["channels"]), int(g["kept at 50%"])) for g in default["groups"]]
+    assert sum(k for _, k in widths) == sum(n // 2 for n, _ in widths)
+    assert all(math.ceil(0.4 * n) <= k <= n for n, k in widths)
     assert info["file_bytes_after"] < info["file_bytes_before"] / 10
     text = run("inspect", "resnet18").stdout
     assert "layer1.0.conv1" in text and "file size" in text

@@ -82,7 +82,7 @@ def test_selections_are_optimal_where_brute_force_can_check(seed):
     var = torch.rand(n, generator=g, dtype=torch.float64) + 0.1
     diag = torch.diag(var)
     best = _brute_force(diag, V, n_keep)
-    assert tuple(keep_largest(output_importance(diag, consumers), n_keep)[0].tolist()) == best
+    assert tuple(keep_largest(output_importance(var, consumers), n_keep)[0].tolist()) == best
     assert tuple(select_rebuildable(diag, consumers, n_keep)[0].tolist()) == best
     # correlated channels, one removed: the greedy step is exact
     A = torch.randn(n, n + 2, generator=g, dtype=torch.float64)
@@ -123,8 +123,8 @@ def test_inverted_residual_expansion_channels_are_compensated_through_the_depthw
         errors = {}
         for label, kw in {
             "prune": dict(method="prune"),
-            "udfc+ l2": dict(),
-            "udfc+ moments": dict(criterion="moments"),
+            "udfc+ l2": dict(criterion="l2", layer_ratios="uniform"),
+            "udfc+ moments": dict(criterion="moments", layer_ratios="uniform"),
         }.items():
             result = udfc_hub.compress(model, prune_ratio=0.3, bits=None, input_size=(3, 64, 64), **kw)
             block = result.model.blocks[1][0]

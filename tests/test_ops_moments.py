@@ -12,6 +12,7 @@ from udfc_hub.ops import (
     intercepts,
     relu_mean,
     relu_moments,
+    relu_variance,
     solve_nonnegative_scales,
     solve_relu_scales,
     variance_ratio,
@@ -50,6 +51,20 @@ def test_relu_moments_closed_form_cases():
     expected = second - float(relu_mean(m[:1], s[:1])) ** 2
     assert float(same.cov[0, 1]) == pytest.approx(expected, rel=1e-6)
     assert float(same.cov[0, 0]) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("cap", [None, 6.0, 0.8])
+def test_relu_variance_is_the_moments_diagonal_in_closed_form(cap):
+    # wide means, including channels that are always on, never on and saturated at the cap
+    g = torch.Generator().manual_seed(1)
+    mean = torch.cat([torch.randn(40, generator=g, dtype=torch.float64) * 3, torch.tensor([30.0, -30.0, 7.0])])
+    std = torch.rand(43, generator=g, dtype=torch.float64) * 2 + 0.05
+    var = relu_variance(mean, std, cap)
+    quadrature = torch.diagonal(relu_moments(mean, std, torch.eye(43, dtype=torch.float64), cap=cap).cov)
+    assert torch.allclose(var, quadrature, rtol=1e-6, atol=1e-9)
+    z = mean + std * torch.randn(200_000, 43, generator=g, dtype=torch.float64)
+    a = z.clamp(min=0) if cap is None else z.clamp(0, cap)
+    assert torch.allclose(var, a.var(0), rtol=0.02, atol=1e-3)
 
 
 def test_relu_fit_recovers_a_duplicate_and_a_constant():

@@ -67,7 +67,7 @@ class PreActAdapter:
 def test_user_described_model_compresses():
     with udfc_hub.registered_adapter(PreActAdapter()):
         model = PreActCifarResNet().eval()
-        result = udfc_hub.compress(model, prune_ratio=0.5, bits=6, input_size=(3, 32, 32))
+        result = udfc_hub.compress(model, prune_ratio=0.5, bits=6, input_size=(3, 32, 32), layer_ratios="uniform")
         assert [m.conv1.out_channels for m in result.model.blocks] == [8, 8, 16, 16, 32, 32]
         assert result.model.blocks[2].shortcut[0].weight.shape == (32, 16, 1, 1)  # residual stream untouched
         assert set(result.quantized) == {layer.name for layer in result.spec.layers}

@@ -5,7 +5,7 @@
 models) and the CIFAR ResNets with timm. The public names below are resolved on first use.
 
 >>> import timm, udfc_hub
->>> result = udfc_hub.compress(timm.create_model("resnet18"), prune_ratio=0.3, bits=6)
+>>> result = udfc_hub.compress(timm.create_model("resnet18"), prune_ratio=0.3, bits=6, layer_ratios="uniform")
 >>> result.report.layers[1].name, result.report.layers[1].kept_channels
 ('layer1.0.conv1', 44)
 """

@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("inspect", "show channel groups and the size before/after, without saving anything")
     p.add_argument("model", metavar="MODEL", help="timm name (random init unless --checkpoint) or a saved folder")
-    add_config_args(p, ("prune_ratio", "bits", "criterion"))
+    add_config_args(p, ("method", "prune_ratio", "bits", "criterion", "layer_ratios"))
     p.add_argument("--checkpoint", metavar="PATH", help="weights file (the ranking of channels depends on it)")
 
     p = add("push", "publish a saved folder to the Hugging Face Hub")
@@ -493,8 +493,8 @@ def cmd_inspect(args) -> dict[str, Any]:
         return _inspect_artifact(args, folder)
     model = _load(args.model, args.checkpoint, pretrained=False)
     spec = describe_model(model)
-    # structure only: plain pruning and round-to-nearest give the same shapes and sizes as any method
-    cfg = CompressionConfig.build(**config_options(args)).replace(method="prune")
+    # the default method itself: its widths (layer_ratios="moments") and which groups it prunes depend on it
+    cfg = CompressionConfig.build(**config_options(args))
     result = compress(model, cfg)
     kept = {r.name: r.kept_channels for r in result.report.layers}
     groups = [("producer", "norm", "consumers", "channels", f"kept at {cfg.prune_ratio:.0%}")]

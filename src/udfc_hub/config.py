@@ -55,15 +55,24 @@ MIN_BITS, MAX_BITS = 2, 8  # ops.quantize.MIN_BITS / MAX_BITS
 
 # What each method means for the options left at None. "udfc" is the paper as written; "udfc+" is this
 # project's data-free extension (docs/method.md); the others are baselines.
+# udfc+ keeps the channels its moment model says carry the most and spreads the pruning by the same measure
+# (docs/method.md, "Beyond udfc+": better than l2 and uniform widths on every benchmark); the others keep the
+# paper's norm criterion and uniform widths.
+_PAPER = dict(criterion="l2", layer_ratios="uniform")
 PRESETS: dict[str, dict[str, Any]] = {
-    "udfc+": dict(fit="relu", bias_correction=True, variance_correction=True, quant_correction="none"),
-    "udfc": dict(fit="linear", bias_correction=False, variance_correction=False, quant_correction="udfc"),
-    "nm": dict(fit=None, bias_correction=False, variance_correction=False, quant_correction="none"),
-    "prune": dict(fit=None, bias_correction=False, variance_correction=False, quant_correction="none"),
-    "rtn": dict(fit=None, bias_correction=False, variance_correction=False, quant_correction="none"),
+    "udfc+": dict(
+        fit="relu",
+        bias_correction=True,
+        variance_correction=True,
+        quant_correction="none",
+        criterion="moments",
+        layer_ratios="moments",
+    ),
+    "udfc": dict(fit="linear", bias_correction=False, variance_correction=False, quant_correction="udfc", **_PAPER),
+    "nm": dict(fit=None, bias_correction=False, variance_correction=False, quant_correction="none", **_PAPER),
+    "prune": dict(fit=None, bias_correction=False, variance_correction=False, quant_correction="none", **_PAPER),
+    "rtn": dict(fit=None, bias_correction=False, variance_correction=False, quant_correction="none", **_PAPER),
 }
-# options whose None means "what the method implies"
-_PRESET_KEYS = ("fit", "bias_correction", "variance_correction", "quant_correction")
 
 
 def _option(default: Any, help: str, *, choices: tuple | None = None, kind: str, cli: str | None = None, **extra):
@@ -102,11 +111,11 @@ class CompressionConfig:
         "without data (needs weight bits); none = float activations",
         kind="bits",
     )
-    criterion: str = _option(
-        "l2",
+    criterion: str | None = _option(
+        None,
         "what picks the kept channels: the filter's l1 or l2 norm; moments (the most variance added to the "
         "consumers under udfc+'s moment model) or rebuild (the least error left once the pruned channels are "
-        "rebuilt, greedy); l2 where a group has no moment model",
+        "rebuilt, greedy); l2 where a group has no moment model. Default: moments for udfc+, l2 for the others",
         choices=CRITERIA,
         kind="choice",
     )
@@ -169,11 +178,12 @@ class CompressionConfig:
         kind="choice",
         advanced=True,
     )
-    layer_ratios: str = _option(
-        "uniform",
+    layer_ratios: str | None = _option(
+        None,
         "uniform (every group loses prune_ratio of its channels), adaptive (same total, spread by each group's "
         "reconstruction error) or moments (same total over the groups with a moment model, pruned where channels "
-        "carry the smallest share of their group's predicted output variance)",
+        "carry the smallest share of their group's predicted output variance). Default: moments for udfc+, "
+        "uniform for the others",
         choices=LAYER_RATIOS,
         kind="choice",
         advanced=True,
@@ -255,7 +265,8 @@ class CompressionConfig:
         if meta["kind"] == "choice":
             accepted = meta["choices"] if f.default is not None else (None, *meta["choices"])
             if not isinstance(value, (str, type(None))) or value not in accepted:
-                listed = ", ".join(str(a) for a in accepted)
+                default = " (or None for the method's default)" if None in accepted else ""
+                listed = ", ".join(meta["choices"]) + default
                 raise InvalidArgumentError(f"{f.name} must be one of {listed}; got {value!r}.")
         elif meta["kind"] == "flag" and not (isinstance(value, bool) or (value is None and f.default is None)):
             default = " (or None for the method's default)" if f.default is None else ""

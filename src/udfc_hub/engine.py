@@ -61,7 +61,7 @@ from .steps import (
     bn_params,
     compensate_consumers,
     consumer_weights,
-    moment_model,
+    moment_variances,
     place_correction,
     plan_pruning,
     quantize_layer,
@@ -319,14 +319,11 @@ def _allocate_by_moments(model, spec: ModelSpec, groups, uniform: dict[str, int]
     layers = {layer.name: layer for layer in spec.layers}
     curves, sizes = {}, {}
     for g in groups:
-        mod = model.get_submodule(g.producer.name)
         norm = model.get_submodule(g.producer.norm) if g.producer.norm else None
-        moments = moment_model(
-            fold_batchnorm(mod.weight, mod.bias, *bn_params(norm)), norm, g, _depthwise_modules(model, g)
-        )
-        if moments is None:
+        variance = moment_variances(norm, g, _depthwise_modules(model, g))
+        if variance is None:
             continue
-        imp = output_importance(moments.cov, consumer_weights(g, model.get_submodule, partial(_norm_in, model, layers)))
+        imp = output_importance(variance, consumer_weights(g, model.get_submodule, partial(_norm_in, model, layers)))
         share = torch.sort(imp / imp.sum().clamp(min=1e-300)).values
         n = len(share)
         sizes[g.producer.name] = n

@@ -35,6 +35,7 @@ from .ops import (
     quantize_dorefa,
     rank_channels,
     relu_moments,
+    relu_variance,
     select_rebuildable,
     solve_nonnegative_scales,
     solve_prune_scales,
@@ -113,7 +114,7 @@ def plan_pruning(
         moments = moment_model(folded, ref_norm, group, depthwise)
         fallback = moments is None and _uses_moments(cfg) and not group.relu_after_norm
     if cfg.criterion == "moments" and moments is not None:
-        keep, pruned = keep_largest(output_importance(moments.cov, list(consumers)), n_keep)
+        keep, pruned = keep_largest(output_importance(torch.diagonal(moments.cov), list(consumers)), n_keep)
     elif cfg.criterion == "rebuild" and moments is not None:
         keep, pruned = select_rebuildable(moments.cov, list(consumers), n_keep)
     else:
@@ -142,6 +143,19 @@ def moment_model(
     if group.relu_after_norm and norm is not None:
         # BN output of channel i ~ N(beta_i, gamma_i^2), correlated like the folded filters
         return relu_moments(norm.bias, norm.weight.abs(), filter_correlation(folded.R), cap=group.relu_cap)
+    return None
+
+
+def moment_variances(
+    norm: nn.Module | None, group: ChannelGroup, depthwise: tuple[nn.Module, nn.Module] | None = None
+) -> torch.Tensor | None:
+    """The diagonal of ``moment_model``'s covariance in closed form (``relu_variance``), without its quadrature:
+    each channel's variance depends only on its own BatchNorm (the depthwise BN's, through a depthwise conv)."""
+    if depthwise is not None:
+        dw_norm = depthwise[1]
+        return relu_variance(dw_norm.bias.detach(), dw_norm.weight.detach().abs(), group.relu_cap)
+    if group.relu_after_norm and norm is not None:
+        return relu_variance(norm.bias.detach(), norm.weight.detach().abs(), group.relu_cap)
     return None
 
 

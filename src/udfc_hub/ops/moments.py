@@ -21,6 +21,7 @@ __all__ = [
     "ReluMoments",
     "relu_mean",
     "relu_moments",
+    "relu_variance",
     "filter_correlation",
     "depthwise_correlation",
     "solve_relu_scales",
@@ -73,6 +74,29 @@ def relu_mean(mean: torch.Tensor, std: torch.Tensor, cap: float | None = None) -
 def _relu_mean(m: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     r = m / s
     return m * _cdf(r) + s * _pdf(r)
+
+
+def relu_variance(mean: torch.Tensor, std: torch.Tensor, cap: float | None = None) -> torch.Tensor:
+    """``Var(relu(z))`` (``Var(min(relu(z), cap))`` with ``cap``) for ``z ~ N(mean, std^2)``, in closed form: the
+    diagonal of ``relu_moments`` without its quadrature (what ``output_importance`` reads).
+
+    With ``z = m + s u``, ``a = -m / s`` and ``b = (cap - m) / s``: ``E[z^2; 0 < z < cap] = (m^2 + s^2) (Phi(b) -
+    Phi(a)) + 2 m s (phi(a) - phi(b)) + s^2 (a phi(a) - b phi(b))``, plus ``cap^2 (1 - Phi(b))``.
+
+    >>> round(relu_variance(torch.tensor([0.0]), torch.tensor([1.0])).item(), 6) == round(0.5 - 1 / (2 * math.pi), 6)
+    True
+    """
+    m, s = mean.to(torch.float64), std.to(torch.float64).clamp(min=_STD_FLOOR)
+    a = -m / s
+    pa = _pdf(a)
+    if cap is None:
+        second = (m * m + s * s) * (1 - _cdf(a)) + m * s * pa
+    else:
+        b = (cap - m) / s
+        pb, cb = _pdf(b), _cdf(b)
+        second = (m * m + s * s) * (cb - _cdf(a)) + 2 * m * s * (pa - pb) + s * s * (a * pa - b * pb)
+        second = second + cap * cap * (1 - cb)
+    return (second - relu_mean(m, s, cap) ** 2).clamp(min=0)
 
 
 def relu_moments(
@@ -206,18 +230,19 @@ def depthwise_correlation(cov_in: torch.Tensor, kernels: torch.Tensor, out_var: 
     return corr.clamp(-1, 1)
 
 
-def output_importance(cov: torch.Tensor, consumers: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
+def output_importance(variance: torch.Tensor, consumers: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
     """What each channel adds to its consumers' output variance: ``Var(a_j) sum_c |V_c[:, j]|^2`` (every kernel tap
     of a conv counted), the error its removal leaves once its mean is compensated (``criterion="moments"``).
+    ``variance``: each channel's ``Var(a_j)`` (the diagonal of a ``ReluMoments.cov``, or ``relu_variance``).
 
-    >>> output_importance(torch.diag(torch.tensor([1.0, 4.0])), [(torch.tensor([[3.0, 1.0]]), 1)]).tolist()
+    >>> output_importance(torch.tensor([1.0, 4.0]), [(torch.tensor([[3.0, 1.0]]), 1)]).tolist()
     [9.0, 4.0]
     """
-    weight = torch.zeros(cov.shape[0], dtype=torch.float64)
+    weight = torch.zeros(variance.shape[0], dtype=torch.float64)
     for w, dim in consumers:
         v = w.detach().movedim(dim, 0).to(torch.float64)
         weight += (v.reshape(v.shape[0], -1) ** 2).sum(1)
-    return torch.diagonal(cov).to(torch.float64).clamp(min=0) * weight
+    return variance.to(torch.float64).clamp(min=0) * weight
 
 
 def select_rebuildable(cov: torch.Tensor, consumers: list[tuple[torch.Tensor, int]], n_keep: int, ridge: float = 1e-6):
