@@ -5,10 +5,11 @@
 
 Each variant is one ``udfc_hub.compress`` call (its keyword arguments are printed in the table), so any row can be
 reproduced from the Python API. The variants that lost stay in the table. Writes
-benchmarks/results/cifar10_plus.json (one row per run) and cifar10_plus.md. l2 criterion and uniform widths
-throughout (``BASE``), as in the paper's Table 2, except where the kwargs say otherwise: the default udfc+ row
-("udfc+") chooses channels and widths by the moment model. The pruning + 4-bit rows run at every ratio, with the
-paper's claimed drops as targets (issue 17). Needs the shared fixtures (UDFC_FIXTURES).
+benchmarks/results/cifar10_plus.json (one row per run) and cifar10_plus.md. l2 criterion, uniform widths and the
+filters' correlations throughout (``BASE``), as in the paper's Table 2, except where the kwargs say otherwise: the
+default udfc+ row ("udfc+") chooses channels and widths by the moment model and measures its correlations in the
+BN-matched probe. The pruning + 4-bit rows run at every ratio, with the paper's claimed drops as targets (issue
+17). Needs the shared fixtures (UDFC_FIXTURES).
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("UDFC_FIXTURES", REPO.parent / "shared" / "fixtures"))
 CHECKPOINTS = {"cifar_resnet56": "resnet56-4bfd9763.th", "cifar_resnet20": "resnet20-12fca82f.th"}
 RATIOS = (0.3, 0.4, 0.5)
-# what every row's kwargs are added to: the paper's channel criterion and uniform widths
-BASE = dict(criterion="l2", layer_ratios="uniform")
+# what every row's kwargs are added to: the paper's channel criterion, uniform widths, the filters' correlations
+BASE = dict(criterion="l2", layer_ratios="uniform", correlations="filters")
 # the default udfc+ (PRESETS), spelled out: BASE would otherwise replace it
-DEFAULT = dict(criterion="moments", layer_ratios="moments")
+DEFAULT = dict(criterion="moments", layer_ratios="moments", correlations="probe")
 
 # Pruning only, full-precision weights: (label, compress keyword arguments, what it is)
 PRUNE_VARIANTS = [
@@ -78,11 +79,16 @@ PRUNE_VARIANTS = [
         "udfc+ keeping the channels that leave the least predicted error once the others are rebuilt (greedy)",
     ),
     (
-        "udfc+",
-        DEFAULT,
-        "the default: udfc+ moments, the same total spread across layers by each channel's share of its layer's "
-        "variance",
+        "udfc+ moments, moment alloc.",
+        dict(criterion="moments", layer_ratios="moments"),
+        "udfc+ moments, the same total spread across layers by each channel's share of its layer's variance",
     ),
+    (
+        "udfc+ l2, probe",
+        dict(correlations="probe"),
+        "udfc+ l2 with the moment model's correlations measured in the BN-matched probe, not the filters' cosines",
+    ),
+    ("udfc+", DEFAULT, "the default: udfc+ moments, moment allocation and the probe's correlations"),
 ]
 
 # Quantization only, 4-bit weights unless the label says otherwise
@@ -108,7 +114,12 @@ QUANT_VARIANTS = [
 
 COMBINED = [
     ("udfc, tensor", dict(method="udfc", granularity="tensor"), "the paper (Table 2 setting)"),
-    ("udfc+", DEFAULT, "the default: moment criterion and allocation"),
+    ("udfc+", DEFAULT, "the default: moment criterion and allocation, the probe's correlations"),
+    (
+        "udfc+ moments, moment alloc.",
+        dict(criterion="moments", layer_ratios="moments"),
+        "moment criterion and allocation, the filters' correlations",
+    ),
     ("udfc+ l2", dict(), "udfc+ with l2 channels and uniform widths"),
     ("udfc+, tensor", dict(granularity="tensor"), "udfc+ l2 with per-tensor scales"),
     ("udfc+ adaptive", dict(layer_ratios="adaptive"), "udfc+ with adaptive per-layer ratios"),
@@ -268,8 +279,8 @@ def markdown(rows, model: str, cli_args: str) -> str:
         f"# {model}: data-free compensation variants (FP {fp:.2f}, {n} fixture images)",
         "",
         f"Command: `python benchmarks/cifar10_plus.py{' ' + cli_args if cli_args else ''}`.",
-        "Every row is `udfc_hub.compress(model, prune_ratio, bits, criterion='l2', layer_ratios='uniform', **kwargs)`",
-        "with the kwargs shown (which replace those two);",
+        "Every row is `udfc_hub.compress(model, prune_ratio, bits, criterion='l2', layer_ratios='uniform',",
+        "correlations='filters', **kwargs)` with the kwargs shown (which replace those three);",
         "the method's own defaults fill the rest (`udfc_hub.config.PRESETS`). Per-channel scales unless noted.",
         "'vs udfc+' is the row's top-1 minus the default method's in the same setting.",
         *(

@@ -62,6 +62,7 @@ OPTION_CASES = [
     ({"variance_correction": 0}, "variance_correction must be True or False"),
     ({"quant_correction": "t"}, "quant_correction must be one of none, udfc, scale"),
     ({"layer_ratios": "greedy"}, "layer_ratios must be one of uniform, adaptive"),
+    ({"correlations": "data"}, r"correlations must be one of filters, probe \(or None for the method's default\)"),
     ({"alpha1": -1.0}, r"alpha1 must be a number in \[0, inf\]"),
     ({"alpha2": float("nan")}, "alpha2 must be a number"),
     ({"reference": "x"}, "reference must be one of compensated, original"),

@@ -217,3 +217,38 @@ def test_mixed_bit_widths_round_trip_at_the_uniform_size(tmp_path):
         (bad / "config.json").write_text(json.dumps(config))
         with pytest.raises(udfc_hub.ArtifactError, match=message):
             udfc_hub.check_artifact(bad)
+
+
+def test_probe_correlations_of_a_first_conv_are_its_filter_cosines():
+    # white Gaussian input and no padding: the BN outputs are correlated exactly like the BN-folded filters
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, bias=False), torch.nn.BatchNorm2d(6), torch.nn.ReLU()).eval()
+    torch.nn.init.uniform_(model[1].weight, -1.5, 1.5)  # signs of gamma flip correlations: folded filters carry them
+    found = udfc_hub.probe.probe_correlations(model, ["1"], (3, 32, 32))
+    corr, samples = found["1"]
+    assert samples == 64 * 30 * 30 and torch.equal(corr, corr.T)
+    folded = udfc_hub.ops.fold_batchnorm(model[0].weight, None, *udfc_hub.steps.bn_params(model[1]))
+    filters = udfc_hub.ops.filter_correlation(folded.R)
+    assert (corr - filters).abs().max() < 6 / samples**0.5  # sampling error (neighbouring positions overlap)
+    # the moment model shrinks measured correlations towards the filters' by n / (n + samples)
+    mixed = udfc_hub.steps.channel_correlation(folded, (torch.eye(6, dtype=torch.float64), 18))
+    assert torch.allclose(mixed, 0.75 * torch.eye(6, dtype=torch.float64) + 0.25 * filters)
+    with pytest.raises(ValueError, match="for 6 channels"):
+        udfc_hub.steps.channel_correlation(folded, (torch.eye(5, dtype=torch.float64), 18))
+
+
+def test_probe_correlations_fit_probe_like_inputs_better_than_the_filters():
+    # inputs drawn as the probe draws them (Gaussian images, BN statistics calibrated on them): correlations
+    # measured there describe the block inputs, which the filters' cosines (white inputs) do not
+    model = _calibrated("resnet18")
+    x = torch.randn(32, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = model(x)
+        errors = {}
+        for source in ("filters", "probe"):
+            result = udfc_hub.compress(
+                model, prune_ratio=0.5, bits=None, input_size=(3, 64, 64), correlations=source, layer_ratios="uniform"
+            )
+            assert result.report.settings["correlations"] == source
+            errors[source] = float((result.model(x) - ref).pow(2).mean() / ref.var())
+    assert errors["probe"] < errors["filters"], errors

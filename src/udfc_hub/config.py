@@ -31,6 +31,7 @@ __all__ = [
     "BIT_WIDTHS",
     "REFERENCES",
     "CRITERIA",
+    "CORRELATIONS",
     "GRANULARITIES",
     "GRIDS",
     "ACT_RANGES",
@@ -47,6 +48,7 @@ LAYER_RATIOS = ("uniform", "adaptive", "moments")
 BIT_WIDTHS = ("uniform", "mixed")
 REFERENCES = ("compensated", "original")
 CRITERIA = ("l1", "l2", "moments", "rebuild")  # ops.prune.CRITERIA; a test keeps them equal
+CORRELATIONS = ("filters", "probe")
 GRANULARITIES = ("tensor", "channel")  # ops.quantize.GRANULARITIES
 GRIDS = ("dorefa", "int")  # ops.quantize.GRIDS
 ACT_RANGES = ("max", "mse")  # ops.activations.ACT_RANGES
@@ -58,7 +60,7 @@ MIN_BITS, MAX_BITS = 2, 8  # ops.quantize.MIN_BITS / MAX_BITS
 # udfc+ keeps the channels its moment model says carry the most and spreads the pruning by the same measure
 # (docs/method.md, "Beyond udfc+": better than l2 and uniform widths on every benchmark); the others keep the
 # paper's norm criterion and uniform widths.
-_PAPER = dict(criterion="l2", layer_ratios="uniform")
+_PAPER = dict(criterion="l2", layer_ratios="uniform", correlations="filters")
 PRESETS: dict[str, dict[str, Any]] = {
     "udfc+": dict(
         fit="relu",
@@ -67,6 +69,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         quant_correction="none",
         criterion="moments",
         layer_ratios="moments",
+        correlations="probe",
     ),
     "udfc": dict(fit="linear", bias_correction=False, variance_correction=False, quant_correction="udfc", **_PAPER),
     "nm": dict(fit=None, bias_correction=False, variance_correction=False, quant_correction="none", **_PAPER),
@@ -185,6 +188,17 @@ class CompressionConfig:
         "carry the smallest share of their group's predicted output variance). Default: moments for udfc+, "
         "uniform for the others",
         choices=LAYER_RATIOS,
+        kind="choice",
+        advanced=True,
+    )
+    correlations: str | None = _option(
+        None,
+        "where the moment model takes the correlations of a pruned group's BN outputs: filters (cosines of the "
+        "BN-folded filters: white inputs) or probe (measured in the BN-matched Gaussian probe of the input model: "
+        "inputs correlated as the network's own layers make them; shrunk towards filters where the probe has few "
+        "positions per channel); groups through a depthwise conv keep their own model. Default: probe for udfc+, "
+        "filters for the others",
+        choices=CORRELATIONS,
         kind="choice",
         advanced=True,
     )

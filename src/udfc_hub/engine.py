@@ -41,6 +41,7 @@ from .errors import InvalidArgumentError, UdfcError
 from .ops import (
     MAX_BITS,
     MIN_BITS,
+    MOMENT_CRITERIA,
     NORM_CRITERIA,
     QuantizedTensor,
     allocate_bits,
@@ -52,7 +53,7 @@ from .ops import (
     uniform_widths,
 )
 from .ops.activations import image_range
-from .probe import has_batchnorm, probe_activation_ranges, probe_input_means
+from .probe import has_batchnorm, probe_activation_ranges, probe_correlations, probe_input_means
 from .profile import default_input_size, profile_model
 from .report import CompressionReport, CompressionResult, LayerReport
 from .steps import (
@@ -66,6 +67,7 @@ from .steps import (
     plan_pruning,
     quantize_layer,
     remove_expected_shift,
+    uses_moments,
 )
 from .surgery import install_input_quantizer, set_param
 
@@ -123,6 +125,7 @@ def compress(
     means = _probe_means(work, spec, cfg, input_size, notes)
     n_keep = allocate_widths(work, spec, cfg) if cfg.prune_ratio > 0 else {}
     run = _Pass(work, model, spec, cfg, means, n_keep)
+    run.correlations = _probe_correlations(work, spec, cfg, n_keep, input_size, notes)
     if cfg.bits is not None and cfg.bit_widths == "mixed":
         run.layer_bits = allocate_layer_bits(work, spec, cfg)
         notes.append(_mixed_note(run.layer_bits, cfg.bits))
@@ -195,6 +198,26 @@ def _probe_means(model, spec: ModelSpec, cfg: CompressionConfig, input_size, not
     return probe_input_means(model, [layer.name for layer in spec.layers], size)
 
 
+def _probe_correlations(model, spec: ModelSpec, cfg: CompressionConfig, n_keep, input_size, notes: list[str]):
+    """``correlations="probe"``: the correlations of each pruned group's BN outputs in the BN-matched probe of the
+    input model, where the moment model reads them (a group with a ReLU after its norm, not through a depthwise
+    conv)."""
+    if cfg.correlations != "probe" or not (uses_moments(cfg) or cfg.criterion in MOMENT_CRITERIA):
+        return {}
+    names = [
+        g.producer.norm
+        for g in spec.groups
+        if g.producer.name in n_keep and g.producer.norm and g.relu_after_norm and g.depthwise is None
+    ]
+    if not names:
+        return {}
+    if not has_batchnorm(model):
+        notes.append("no BatchNorm statistics in this model: the moment model's correlations come from the filters")
+        return {}
+    size = tuple(input_size) if input_size is not None else default_input_size(model)
+    return probe_correlations(model, names, size)
+
+
 class _Pass:
     """State of one compression pass over a copy of the model: visits each layer and runs the steps."""
 
@@ -211,6 +234,7 @@ class _Pass:
         self._notes: list[str] = []
         self._fallbacks: list[str] = []
         self.layer_bits: dict[str, int] = {}  # bit_widths="mixed": each layer's own bits
+        self.correlations: dict[str, tuple[torch.Tensor, int]] = {}  # correlations="probe": per producer norm
 
     def visit(self, layer: Layer) -> None:
         cfg = self.cfg
@@ -247,7 +271,8 @@ class _Pass:
         ref_norm = src.get_submodule(layer.norm) if layer.norm else None
         through = _depthwise_modules(src, group)
         consumers = consumer_weights(group, src.get_submodule, partial(_norm_in, src, self.layers))
-        plan = plan_pruning(ref, ref_norm, group, self.n_keep[layer.name], self.cfg, through, consumers)
+        measured = self.correlations.get(layer.norm) if layer.norm else None
+        plan = plan_pruning(ref, ref_norm, group, self.n_keep[layer.name], self.cfg, through, consumers, measured)
         if plan.fallback:
             self._fallbacks.append(layer.name)
         apply_pruning(self.model, layer, group, plan.keep, self.means)

@@ -28,6 +28,7 @@ __all__ = [
     "bn_matched",
     "probe_input",
     "probe_input_means",
+    "probe_correlations",
     "probe_activation_ranges",
     "probe_batch_size",
     "probe_tensor_flow",
@@ -103,13 +104,47 @@ def probe_input_means(
         for n in names
         if isinstance(model.get_submodule(n), (nn.Conv2d, nn.Linear))
     ]
+    _run_probe(model, handles, input_size, batch, seed)
+    return means
+
+
+def _run_probe(model: nn.Module, handles: list, input_size: tuple[int, ...], batch: int | None, seed: int) -> None:
+    """One BN-matched forward pass of the probe input; the hooks ``handles`` are removed afterwards, whatever
+    happens."""
     try:
         with bn_matched(model):
             model(probe_input(model, input_size, batch, seed))
     finally:
         for h in handles:
             h.remove()
-    return means
+
+
+@torch.no_grad()
+def probe_correlations(
+    model: nn.Module, names: list[str], input_size: tuple[int, ...], batch: int | None = None, seed: int = 0
+) -> dict[str, tuple[torch.Tensor, int]]:
+    """Correlation matrix of the output channels of each named module (a BatchNorm) under the BN-matched Gaussian
+    probe, over every image and position, with the number of samples it was measured on: ``name -> (corr,
+    samples)``, float64 on the CPU. A channel that does not vary is uncorrelated with the rest (unit diagonal)."""
+    found: dict[str, tuple[torch.Tensor, int]] = {}
+
+    def hook(name):
+        def record(module, inputs, output):
+            z = output.detach().to(torch.float64).transpose(0, 1).reshape(output.shape[1], -1)
+            z = z - z.mean(1, keepdim=True)
+            cov = z @ z.T
+            cov = 0.5 * (cov + cov.T)  # symmetric to the bit (the product's rounding is not)
+            std = torch.diagonal(cov).clamp(min=0).sqrt()
+            safe = torch.where(std > 0, std, torch.ones_like(std))
+            corr = (cov / (safe[:, None] * safe[None, :])).clamp(-1, 1)
+            corr = torch.where((std > 0)[:, None] & (std > 0)[None, :], corr, torch.zeros_like(corr))
+            corr.fill_diagonal_(1.0)
+            found[name] = (corr.cpu(), z.shape[1])
+
+        return record
+
+    _run_probe(model, [model.get_submodule(n).register_forward_hook(hook(n)) for n in names], input_size, batch, seed)
+    return found
 
 
 def tap_means(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

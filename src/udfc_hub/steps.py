@@ -52,6 +52,8 @@ __all__ = [
     "plan_pruning",
     "depthwise_moments",
     "moment_model",
+    "channel_correlation",
+    "moment_variances",
     "consumer_weights",
     "apply_pruning",
     "quantize_layer",
@@ -86,7 +88,7 @@ class PrunePlan:
     fallback: bool = False
 
 
-def _uses_moments(cfg: CompressionConfig) -> bool:
+def uses_moments(cfg: CompressionConfig) -> bool:
     relu_fit = cfg.method in ("udfc", "udfc+") and cfg.fit == "relu"
     return relu_fit or bool(cfg.bias_correction) or bool(cfg.variance_correction)
 
@@ -100,19 +102,21 @@ def plan_pruning(
     cfg: CompressionConfig,
     depthwise: tuple[nn.Module, nn.Module] | None = None,
     consumers: list[tuple[torch.Tensor, int]] = (),
+    measured: tuple[torch.Tensor, int] | None = None,
 ) -> PrunePlan:
     """Choose ``n_keep`` of ``ref``'s channels by ``cfg.criterion`` and solve the pruning scales of ``cfg.method``.
 
     ``depthwise``: the group's depthwise conv and its BatchNorm (``group.depthwise``), whose output the
     consumers read; the moment model and the fit are then taken there. ``consumers``: their weights and input
-    dimensions (``consumer_weights``), which the moment criteria weigh each channel with.
+    dimensions (``consumer_weights``), which the moment criteria weigh each channel with. ``measured``: the
+    correlations of ``ref_norm``'s outputs and their number of samples (``correlations="probe"``).
     """
     folded = fold_batchnorm(ref.weight, ref.bias, *bn_params(ref_norm))
     moments, fallback = None, False
     through = depthwise is not None and cfg.method in ("udfc", "udfc+")
-    if through or _uses_moments(cfg) or cfg.criterion in MOMENT_CRITERIA:
-        moments = moment_model(folded, ref_norm, group, depthwise)
-        fallback = moments is None and _uses_moments(cfg) and not group.relu_after_norm
+    if through or uses_moments(cfg) or cfg.criterion in MOMENT_CRITERIA:
+        moments = moment_model(folded, ref_norm, group, depthwise, measured)
+        fallback = moments is None and uses_moments(cfg) and not group.relu_after_norm
     if cfg.criterion == "moments" and moments is not None:
         keep, pruned = keep_largest(output_importance(torch.diagonal(moments.cov), list(consumers)), n_keep)
     elif cfg.criterion == "rebuild" and moments is not None:
@@ -134,16 +138,36 @@ def plan_pruning(
 
 @torch.no_grad()
 def moment_model(
-    folded, norm: nn.Module | None, group: ChannelGroup, depthwise: tuple[nn.Module, nn.Module] | None = None
+    folded,
+    norm: nn.Module | None,
+    group: ChannelGroup,
+    depthwise: tuple[nn.Module, nn.Module] | None = None,
+    measured: tuple[torch.Tensor, int] | None = None,
 ) -> ReluMoments | None:
     """The moments of what the group's consumers read, from the BatchNorm statistics; None where the group has no
-    such model (no ReLU right after its norm)."""
+    such model (no ReLU right after its norm). ``measured``: correlations of the BN outputs and the number of
+    samples behind them (the probe's), used instead of the filters' cosines, shrunk towards them by
+    ``n / (n + samples)`` for n channels (a depthwise group keeps its own model)."""
     if depthwise is not None:
         return depthwise_moments(folded, norm, *depthwise, group.relu_cap)
     if group.relu_after_norm and norm is not None:
-        # BN output of channel i ~ N(beta_i, gamma_i^2), correlated like the folded filters
-        return relu_moments(norm.bias, norm.weight.abs(), filter_correlation(folded.R), cap=group.relu_cap)
+        # BN output of channel i ~ N(beta_i, gamma_i^2), correlated like the folded filters (white inputs) or
+        # as measured
+        return relu_moments(norm.bias, norm.weight.abs(), channel_correlation(folded, measured), cap=group.relu_cap)
     return None
+
+
+def channel_correlation(folded, measured: tuple[torch.Tensor, int] | None = None) -> torch.Tensor:
+    """The moment model's correlation of a group's BN outputs: the cosines of the BN-folded filters (an input with
+    identity covariance), or ``measured = (corr, samples)`` shrunk towards them by ``n / (n + samples)``."""
+    filters = filter_correlation(folded.R)
+    if measured is None:
+        return filters
+    corr, samples = measured
+    if corr.shape != filters.shape:
+        raise ValueError(f"measured correlations of shape {tuple(corr.shape)} for {filters.shape[0]} channels")
+    shrink = filters.shape[0] / (filters.shape[0] + samples)
+    return (1 - shrink) * corr.to(torch.float64) + shrink * filters
 
 
 def moment_variances(
