@@ -219,10 +219,13 @@ def test_mixed_bit_widths_round_trip_at_the_uniform_size(tmp_path):
             udfc_hub.check_artifact(bad)
 
 
-def test_probe_correlations_of_a_first_conv_are_its_filter_cosines():
-    # white Gaussian input and no padding: the BN outputs are correlated exactly like the BN-folded filters
+@pytest.mark.parametrize("fused", [False, True])
+def test_probe_correlations_of_a_first_conv_are_its_filter_cosines(fused):
+    # white Gaussian input and no padding: the BN outputs are correlated exactly like the BN-folded filters (with
+    # timm's BatchNormAct2d, before its in-place ReLU)
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, bias=False), torch.nn.BatchNorm2d(6), torch.nn.ReLU()).eval()
+    norm = timm.layers.BatchNormAct2d(6) if fused else torch.nn.BatchNorm2d(6)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, bias=False), norm, torch.nn.ReLU()).eval()
     torch.nn.init.uniform_(model[1].weight, -1.5, 1.5)  # signs of gamma flip correlations: folded filters carry them
     found = udfc_hub.probe.probe_correlations(model, ["1"], (3, 32, 32))
     corr, samples = found["1"]

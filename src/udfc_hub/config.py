@@ -57,9 +57,10 @@ MIN_BITS, MAX_BITS = 2, 8  # ops.quantize.MIN_BITS / MAX_BITS
 
 # What each method means for the options left at None. "udfc" is the paper as written; "udfc+" is this
 # project's data-free extension (docs/method.md); the others are baselines.
-# udfc+ keeps the channels its moment model says carry the most and spreads the pruning by the same measure
-# (docs/method.md, "Beyond udfc+": better than l2 and uniform widths on every benchmark); the others keep the
-# paper's norm criterion and uniform widths.
+# udfc+ keeps the channels its moment model says carry the most, spreads the pruning by the same measure and
+# measures the model's correlations in the BN-matched probe (docs/method.md, "Beyond udfc+": better than l2,
+# uniform widths and the filters' correlations on every benchmark); the others keep the paper's norm criterion,
+# uniform widths and the filters.
 _PAPER = dict(criterion="l2", layer_ratios="uniform", correlations="filters")
 PRESETS: dict[str, dict[str, Any]] = {
     "udfc+": dict(
@@ -344,9 +345,10 @@ class CompressionConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain values in field order (config.json's ``udfc.compression``).
 
-        The activation options and ``bit_widths`` are left out where they take their default (float activations,
-        the grid the other options imply, uniform bits), so settings read as they did before those options existed
-        (older readers refuse unknown keys; sweep cells keep their keys)."""
+        The activation options, ``bit_widths`` and ``correlations`` are left out where they take their default
+        (float activations, the grid the other options imply, uniform bits, the method's correlations), so settings
+        read as they did before those options existed (older readers refuse unknown keys; sweep cells keep their
+        keys; an older artifact's card is written again byte for byte)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         if out["act_bits"] is None:
             del out["act_bits"]
@@ -356,6 +358,8 @@ class CompressionConfig:
             del out["grid"]
         if out["bit_widths"] == "uniform":
             del out["bit_widths"]
+        if out["correlations"] is None:
+            del out["correlations"]
         return out
 
     @classmethod

@@ -215,7 +215,9 @@ def _probe_correlations(model, spec: ModelSpec, cfg: CompressionConfig, n_keep, 
         notes.append("no BatchNorm statistics in this model: the moment model's correlations come from the filters")
         return {}
     size = tuple(input_size) if input_size is not None else default_input_size(model)
-    return probe_correlations(model, names, size)
+    found = probe_correlations(model, names, size)
+    notes.append(f"the moment model's correlations of {len(found)} pruned group(s) measured in the BN-matched probe")
+    return found
 
 
 class _Pass:

@@ -125,12 +125,15 @@ def probe_correlations(
 ) -> dict[str, tuple[torch.Tensor, int]]:
     """Correlation matrix of the output channels of each named module (a BatchNorm) under the BN-matched Gaussian
     probe, over every image and position, with the number of samples it was measured on: ``name -> (corr,
-    samples)``, float64 on the CPU. A channel that does not vary is uncorrelated with the rest (unit diagonal)."""
+    samples)``, float64 on the CPU. A channel that does not vary is uncorrelated with the rest (unit diagonal).
+    A norm with its activation inside (timm's ``BatchNormAct2d``) is measured before the activation, where the
+    moment model's BN output is."""
     found: dict[str, tuple[torch.Tensor, int]] = {}
 
     def hook(name):
-        def record(module, inputs, output):
-            z = output.detach().to(torch.float64).transpose(0, 1).reshape(output.shape[1], -1)
+        def record(module, inputs, output=None):
+            out = inputs[0] if output is None else output
+            z = out.detach().to(torch.float64).transpose(0, 1).reshape(out.shape[1], -1)
             z = z - z.mean(1, keepdim=True)
             cov = z @ z.T
             cov = 0.5 * (cov + cov.T)  # symmetric to the bit (the product's rounding is not)
@@ -143,7 +146,15 @@ def probe_correlations(
 
         return record
 
-    _run_probe(model, [model.get_submodule(n).register_forward_hook(hook(n)) for n in names], input_size, batch, seed)
+    handles = []
+    for n in names:
+        norm = model.get_submodule(n)
+        act = getattr(norm, "act", None)
+        if isinstance(act, nn.Module):  # the activation's input, before an in-place activation runs
+            handles.append(act.register_forward_pre_hook(hook(n)))
+        else:
+            handles.append(norm.register_forward_hook(hook(n)))
+    _run_probe(model, handles, input_size, batch, seed)
     return found
 
 
