@@ -58,6 +58,12 @@ def test_plan_is_the_grid_model_major_with_every_config_checked(models):
     assert cells[0].name.startswith("cifar_resnet20-p0-w4-udfc+-") and len(cells[0].name) == 33
     (plain,) = plan(models[:1], [0.3], [4], ["udfc+"], None)
     assert plain.name == "cifar_resnet20-p30-w4-udfc+"
+    # so do the options that the saved settings leave out at their default; each its own hash
+    names = {
+        plan(models[:1], [0.3], [4], ["udfc+"], options)[0].name
+        for options in ({"bit_widths": "mixed"}, {"correlations": "filters"}, {"act_bits": 8}, {"criterion": "l2"})
+    }
+    assert len(names) == 4 and all(n.startswith("cifar_resnet20-p30-w4-udfc+-") for n in names)
 
 
 @pytest.mark.parametrize(

@@ -108,7 +108,9 @@ class Cell:
         c = self.config
         name = f"{self.model.label}-p{round(c.prune_ratio * 100)}-w{c.bits or 'fp'}-{c.method}"
         default = CompressionConfig().to_dict()
-        extra = {k: v for k, v in c.to_dict().items() if k not in GRID_FIELDS and v != default[k]}
+        # options that to_dict leaves out at their default (bit_widths, correlations, the activation ones) count
+        # as differing whenever they are written
+        extra = {k: v for k, v in c.to_dict().items() if k not in GRID_FIELDS and v != default.get(k)}
         if extra:
             name += "-" + hashlib.sha1(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:6]
         return name
