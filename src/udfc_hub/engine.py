@@ -53,7 +53,7 @@ from .ops import (
     uniform_widths,
 )
 from .ops.activations import image_range
-from .probe import has_batchnorm, probe_activation_ranges, probe_correlations, probe_input_means
+from .probe import has_batchnorm, probe_activation_ranges, probe_statistics
 from .profile import default_input_size, profile_model
 from .report import CompressionReport, CompressionResult, LayerReport
 from .steps import (
@@ -122,10 +122,9 @@ def compress(
     before = profile_model(model, input_size)
     work = copy.deepcopy(model)
     notes = list(spec.notes)
-    means = _probe_means(work, spec, cfg, input_size, notes)
     n_keep = allocate_widths(work, spec, cfg) if cfg.prune_ratio > 0 else {}
-    run = _Pass(work, model, spec, cfg, means, n_keep)
-    run.correlations = _probe_correlations(work, spec, cfg, n_keep, input_size, notes)
+    means, correlations = _probe(work, spec, cfg, n_keep, input_size, notes)
+    run = _Pass(work, model, spec, cfg, means, n_keep, correlations)
     if cfg.bits is not None and cfg.bit_widths == "mixed":
         run.layer_bits = allocate_layer_bits(work, spec, cfg)
         notes.append(_mixed_note(run.layer_bits, cfg.bits))
@@ -187,43 +186,40 @@ def _check_model(model: Any) -> None:
         raise InvalidArgumentError(f"model holds NaN or infinite values in {bad}; compression needs finite weights.")
 
 
-def _probe_means(model, spec: ModelSpec, cfg: CompressionConfig, input_size, notes: list[str]) -> dict:
-    """Each layer's mean input under the BN-matched probe, for the quantization bias correction."""
-    if not (cfg.bias_correction and cfg.bits is not None):
-        return {}
-    if not has_batchnorm(model):
-        notes.append("no BatchNorm statistics in this model: quantization bias correction was skipped")
-        return {}
-    size = tuple(input_size) if input_size is not None else default_input_size(model)
-    return probe_input_means(model, [layer.name for layer in spec.layers], size)
-
-
-def _probe_correlations(model, spec: ModelSpec, cfg: CompressionConfig, n_keep, input_size, notes: list[str]):
-    """``correlations="probe"``: the correlations of each pruned group's BN outputs in the BN-matched probe of the
-    input model, where the moment model reads them (a group with a ReLU after its norm, not through a depthwise
-    conv)."""
-    if cfg.correlations != "probe" or not (uses_moments(cfg) or cfg.criterion in MOMENT_CRITERIA):
-        return {}
-    names = [
+def _probe(model, spec: ModelSpec, cfg: CompressionConfig, n_keep, input_size, notes: list[str]):
+    """One pass of the BN-matched probe over the input model for what the options need: each layer's mean input
+    (the quantization bias correction) and, with ``correlations="probe"``, the correlations of each pruned group's
+    BN outputs where the moment model reads them (a group with a ReLU after its norm, not through a depthwise
+    conv). Returns (means, correlations)."""
+    mean_names = [layer.name for layer in spec.layers] if cfg.bias_correction and cfg.bits is not None else []
+    moments = cfg.correlations == "probe" and (uses_moments(cfg) or cfg.criterion in MOMENT_CRITERIA)
+    corr_names = [
         g.producer.norm
         for g in spec.groups
-        if g.producer.name in n_keep and g.producer.norm and g.relu_after_norm and g.depthwise is None
+        if moments and g.producer.name in n_keep and g.producer.norm and g.relu_after_norm and g.depthwise is None
     ]
-    if not names:
-        return {}
+    if not (mean_names or corr_names):
+        return {}, {}
     if not has_batchnorm(model):
-        notes.append("no BatchNorm statistics in this model: the moment model's correlations come from the filters")
-        return {}
+        if mean_names:
+            notes.append("no BatchNorm statistics in this model: quantization bias correction was skipped")
+        if corr_names:
+            notes.append("no BatchNorm statistics in this model: the moment model's correlations come from the filters")
+        return {}, {}
     size = tuple(input_size) if input_size is not None else default_input_size(model)
-    found = probe_correlations(model, names, size)
-    notes.append(f"the moment model's correlations of {len(found)} pruned group(s) measured in the BN-matched probe")
-    return found
+    means, found = probe_statistics(model, mean_names, corr_names, size)
+    if corr_names:
+        n = len(found)
+        notes.append(f"the moment model's correlations of {n} pruned group(s) measured in the BN-matched probe")
+    return means, found
 
 
 class _Pass:
     """State of one compression pass over a copy of the model: visits each layer and runs the steps."""
 
-    def __init__(self, model, original, spec: ModelSpec, cfg: CompressionConfig, means, n_keep: dict[str, int]):
+    def __init__(
+        self, model, original, spec: ModelSpec, cfg: CompressionConfig, means, n_keep: dict[str, int], correlations
+    ):
         self.model = model
         self.original = original
         self.cfg = cfg
@@ -236,7 +232,8 @@ class _Pass:
         self._notes: list[str] = []
         self._fallbacks: list[str] = []
         self.layer_bits: dict[str, int] = {}  # bit_widths="mixed": each layer's own bits
-        self.correlations: dict[str, tuple[torch.Tensor, int]] = {}  # correlations="probe": per producer norm
+        # correlations="probe": the probe's (corr, samples) per producer norm
+        self.correlations: dict[str, tuple[torch.Tensor, int]] = correlations
 
     def visit(self, layer: Layer) -> None:
         cfg = self.cfg

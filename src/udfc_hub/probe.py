@@ -29,6 +29,7 @@ __all__ = [
     "probe_input",
     "probe_input_means",
     "probe_correlations",
+    "probe_statistics",
     "probe_activation_ranges",
     "probe_batch_size",
     "probe_tensor_flow",
@@ -91,32 +92,7 @@ def probe_input_means(
     A conv gets ``(C_in, kh, kw)``: the mean input under each kernel tap, averaged over output positions (zero
     padding included, so border effects are exact for a spatially constant mean). A linear gets ``(C_in,)``.
     """
-    means: dict[str, torch.Tensor] = {}
-
-    def hook(name):
-        def record(module, inputs):
-            means[name] = tap_means(module, inputs[0])
-
-        return record
-
-    handles = [
-        model.get_submodule(n).register_forward_pre_hook(hook(n))
-        for n in names
-        if isinstance(model.get_submodule(n), (nn.Conv2d, nn.Linear))
-    ]
-    _run_probe(model, handles, input_size, batch, seed)
-    return means
-
-
-def _run_probe(model: nn.Module, handles: list, input_size: tuple[int, ...], batch: int | None, seed: int) -> None:
-    """One BN-matched forward pass of the probe input; the hooks ``handles`` are removed afterwards, whatever
-    happens."""
-    try:
-        with bn_matched(model):
-            model(probe_input(model, input_size, batch, seed))
-    finally:
-        for h in handles:
-            h.remove()
+    return probe_statistics(model, names, [], input_size, batch, seed)[0]
 
 
 @torch.no_grad()
@@ -128,34 +104,68 @@ def probe_correlations(
     samples)``, float64 on the CPU. A channel that does not vary is uncorrelated with the rest (unit diagonal).
     A norm with its activation inside (timm's ``BatchNormAct2d``) is measured before the activation, where the
     moment model's BN output is."""
+    return probe_statistics(model, [], names, input_size, batch, seed)[1]
+
+
+@torch.no_grad()
+def probe_statistics(
+    model: nn.Module,
+    mean_names: list[str],
+    correlation_names: list[str],
+    input_size: tuple[int, ...],
+    batch: int | None = None,
+    seed: int = 0,
+) -> tuple[dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, int]]]:
+    """``probe_input_means`` of ``mean_names`` and ``probe_correlations`` of ``correlation_names``, from one
+    forward pass of the probe."""
+    means: dict[str, torch.Tensor] = {}
     found: dict[str, tuple[torch.Tensor, int]] = {}
 
-    def hook(name):
-        def record(module, inputs, output=None):
-            out = inputs[0] if output is None else output
-            z = out.detach().to(torch.float64).transpose(0, 1).reshape(out.shape[1], -1)
-            z = z - z.mean(1, keepdim=True)
-            cov = z @ z.T
-            cov = 0.5 * (cov + cov.T)  # symmetric to the bit (the product's rounding is not)
-            std = torch.diagonal(cov).clamp(min=0).sqrt()
-            safe = torch.where(std > 0, std, torch.ones_like(std))
-            corr = (cov / (safe[:, None] * safe[None, :])).clamp(-1, 1)
-            corr = torch.where((std > 0)[:, None] & (std > 0)[None, :], corr, torch.zeros_like(corr))
-            corr.fill_diagonal_(1.0)
-            found[name] = (corr.cpu(), z.shape[1])
+    def mean_of(name):
+        def record(module, inputs):
+            means[name] = tap_means(module, inputs[0])
 
         return record
 
-    handles = []
-    for n in names:
+    def correlation_of(name):
+        def record(module, inputs, output=None):
+            found[name] = _channel_correlation(inputs[0] if output is None else output)
+
+        return record
+
+    handles = [
+        model.get_submodule(n).register_forward_pre_hook(mean_of(n))
+        for n in mean_names
+        if isinstance(model.get_submodule(n), (nn.Conv2d, nn.Linear))
+    ]
+    for n in correlation_names:
         norm = model.get_submodule(n)
         act = getattr(norm, "act", None)
         if isinstance(act, nn.Module):  # the activation's input, before an in-place activation runs
-            handles.append(act.register_forward_pre_hook(hook(n)))
+            handles.append(act.register_forward_pre_hook(correlation_of(n)))
         else:
-            handles.append(norm.register_forward_hook(hook(n)))
-    _run_probe(model, handles, input_size, batch, seed)
-    return found
+            handles.append(norm.register_forward_hook(correlation_of(n)))
+    try:
+        with bn_matched(model):
+            model(probe_input(model, input_size, batch, seed))
+    finally:
+        for h in handles:
+            h.remove()
+    return means, found
+
+
+def _channel_correlation(out: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Correlation of ``out``'s channels (dim 1) over every other dim, float64 on the CPU, and its sample count."""
+    z = out.detach().to(torch.float64).transpose(0, 1).reshape(out.shape[1], -1)
+    z = z - z.mean(1, keepdim=True)
+    cov = z @ z.T
+    cov = 0.5 * (cov + cov.T)  # symmetric to the bit (the product's rounding is not)
+    std = torch.diagonal(cov).clamp(min=0).sqrt()
+    safe = torch.where(std > 0, std, torch.ones_like(std))
+    corr = (cov / (safe[:, None] * safe[None, :])).clamp(-1, 1)
+    corr = torch.where((std > 0)[:, None] & (std > 0)[None, :], corr, torch.zeros_like(corr))
+    corr.fill_diagonal_(1.0)
+    return corr.cpu(), z.shape[1]
 
 
 def tap_means(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
