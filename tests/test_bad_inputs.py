@@ -74,6 +74,8 @@ OPTION_CASES = [
     ({"nonnegative": True}, r"nonnegative=True needs method 'udfc' or 'udfc\+' with fit='linear'"),
     ({"bit_widths": "mixed", "bits": None}, "bit_widths='mixed' spreads the weight bits"),
     ({"bit_widths": "auto"}, "bit_widths must be one of uniform, mixed"),
+    ({"rounding": "gptq"}, "rounding must be one of nearest, probe"),
+    ({"rounding": "probe", "bits": None}, "rounding='probe' chooses how weights are rounded to bits; set bits"),
     ({"prune_ratio": 0, "bits": None}, "Nothing to do"),
 ]
 

@@ -61,9 +61,15 @@ def test_plan_is_the_grid_model_major_with_every_config_checked(models):
     # so do the options that the saved settings leave out at their default; each its own hash
     names = {
         plan(models[:1], [0.3], [4], ["udfc+"], options)[0].name
-        for options in ({"bit_widths": "mixed"}, {"correlations": "filters"}, {"act_bits": 8}, {"criterion": "l2"})
+        for options in (
+            {"bit_widths": "mixed"},
+            {"correlations": "filters"},
+            {"act_bits": 8},
+            {"criterion": "l2"},
+            {"rounding": "probe"},
+        )
     }
-    assert len(names) == 4 and all(n.startswith("cifar_resnet20-p30-w4-udfc+-") for n in names)
+    assert len(names) == 5 and all(n.startswith("cifar_resnet20-p30-w4-udfc+-") for n in names)
 
 
 @pytest.mark.parametrize(

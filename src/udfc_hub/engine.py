@@ -50,6 +50,7 @@ from .ops import (
     loss_curve,
     output_importance,
     quantize_dorefa,
+    shrunk_covariance,
     uniform_widths,
 )
 from .ops.activations import image_range
@@ -106,7 +107,7 @@ def compress(
             ``"prune"``, ``"rtn"``), ``criterion``, ``granularity``, ``fit``, ``nonnegative``,
             ``bias_correction``, ``variance_correction``, ``quant_correction``, ``layer_ratios``, ``bit_widths``,
             ``alpha1``, ``alpha2``, ``reference``, ``nm_variant``, ``nm_lambda``, ``nm_threshold``, ``act_bits``,
-            ``act_range``, ``grid``. Each option's meaning
+            ``act_range``, ``grid``, ``rounding``. Each option's meaning
             and accepted values are in ``CompressionConfig``'s fields (and ``udfc-hub compress --help``).
 
     Example:
@@ -123,8 +124,8 @@ def compress(
     work = copy.deepcopy(model)
     notes = list(spec.notes)
     n_keep = allocate_widths(work, spec, cfg) if cfg.prune_ratio > 0 else {}
-    means, correlations = _probe(work, spec, cfg, n_keep, input_size, notes)
-    run = _Pass(work, model, spec, cfg, means, n_keep, correlations)
+    means, correlations, covariances = _probe(work, spec, cfg, n_keep, input_size, notes)
+    run = _Pass(work, model, spec, cfg, means, n_keep, correlations, covariances)
     if cfg.bits is not None and cfg.bit_widths == "mixed":
         run.layer_bits = allocate_layer_bits(work, spec, cfg)
         notes.append(_mixed_note(run.layer_bits, cfg.bits))
@@ -187,38 +188,69 @@ def _check_model(model: Any) -> None:
 
 
 def _probe(model, spec: ModelSpec, cfg: CompressionConfig, n_keep, input_size, notes: list[str]):
-    """One pass of the BN-matched probe over the input model for what the options need: each layer's mean input
-    (the quantization bias correction) and, with ``correlations="probe"``, the correlations of each pruned group's
-    BN outputs where the moment model reads them (a group with a ReLU after its norm, not through a depthwise
-    conv). Returns (means, correlations)."""
-    mean_names = [layer.name for layer in spec.layers] if cfg.bias_correction and cfg.bits is not None else []
+    """The BN-matched probe over the input model, for what the options need: each layer's mean input (the
+    quantization bias correction) and, with ``correlations="probe"``, the correlations of each pruned group's BN
+    outputs where the moment model reads them (a group with a ReLU after its norm, not through a depthwise conv),
+    from one pass; with ``rounding="probe"``, each layer's input covariance from a second pass whose noise has
+    natural images' spectrum and colour correlation. Returns (means, correlations, covariances)."""
+    feedback = cfg.rounding == "probe" and cfg.bits is not None
+    all_layers = [layer.name for layer in spec.layers]
+    mean_names = all_layers if cfg.bias_correction and cfg.bits is not None else []
     moments = cfg.correlations == "probe" and (uses_moments(cfg) or cfg.criterion in MOMENT_CRITERIA)
     corr_names = [
         g.producer.norm
         for g in spec.groups
         if moments and g.producer.name in n_keep and g.producer.norm and g.relu_after_norm and g.depthwise is None
     ]
-    if not (mean_names or corr_names):
-        return {}, {}
+    if not (mean_names or corr_names or feedback):
+        return {}, {}, {}
     if not has_batchnorm(model):
         if mean_names:
             notes.append("no BatchNorm statistics in this model: quantization bias correction was skipped")
         if corr_names:
             notes.append("no BatchNorm statistics in this model: the moment model's correlations come from the filters")
-        return {}, {}
+        if feedback:
+            notes.append(
+                "no BatchNorm statistics in this model: rounding='probe' has no input statistics (nearest used)"
+            )
+        return {}, {}, {}
     size = tuple(input_size) if input_size is not None else default_input_size(model)
-    means, found = probe_statistics(model, mean_names, corr_names, size)
+    means, found = probe_statistics(model, mean_names, corr_names, size)[:2] if mean_names or corr_names else ({}, {})
     if corr_names:
         n = len(found)
         notes.append(f"the moment model's correlations of {n} pruned group(s) measured in the BN-matched probe")
-    return means, found
+    return means, found, _input_covariances(model, all_layers, size, not cfg.bias_correction) if feedback else {}
+
+
+def _input_covariances(model: nn.Module, names: list[str], size, with_mean: bool) -> dict[str, torch.Tensor]:
+    """``rounding="probe"``'s statistics of each layer's input, from a probe pass of natural-image-like noise:
+    the covariance shrunk towards its diagonal where it had few samples, plus the outer product of the mean when
+    no bias correction will remove the mean error."""
+    means, _, covariances = probe_statistics(
+        model, names if with_mean else [], [], size, covariance_names=names, natural=True
+    )
+    out = {}
+    for name, (cov, samples) in covariances.items():
+        out[name] = shrunk_covariance(cov, samples)
+        if with_mean:
+            mu = means[name].reshape(cov.shape[0], -1)
+            out[name] = out[name] + mu[:, :, None] * mu[:, None, :]
+    return out
 
 
 class _Pass:
     """State of one compression pass over a copy of the model: visits each layer and runs the steps."""
 
     def __init__(
-        self, model, original, spec: ModelSpec, cfg: CompressionConfig, means, n_keep: dict[str, int], correlations
+        self,
+        model,
+        original,
+        spec: ModelSpec,
+        cfg: CompressionConfig,
+        means,
+        n_keep: dict[str, int],
+        correlations,
+        covariances=None,
     ):
         self.model = model
         self.original = original
@@ -234,6 +266,9 @@ class _Pass:
         self.layer_bits: dict[str, int] = {}  # bit_widths="mixed": each layer's own bits
         # correlations="probe": the probe's (corr, samples) per producer norm
         self.correlations: dict[str, tuple[torch.Tensor, int]] = correlations
+        # rounding="probe": each layer's input covariance (groups, d, d) in the probe, sliced as inputs are pruned
+        self.covariances: dict[str, torch.Tensor] = covariances or {}
+        self._feedback: list[tuple[float, float]] = []
 
     def visit(self, layer: Layer) -> None:
         cfg = self.cfg
@@ -275,13 +310,17 @@ class _Pass:
         if plan.fallback:
             self._fallbacks.append(layer.name)
         apply_pruning(self.model, layer, group, plan.keep, self.means)
+        _keep_inputs(self.covariances, group, plan.keep, plan.keep.numel() + plan.pruned.numel())
         report.kept_channels, report.residual, report.solver = len(plan.keep), plan.residual, plan.solver
         return plan
 
     def _quantize(self, layer: Layer, mod: nn.Module, norm: nn.Module | None, report: LayerReport):
         """Quantize the layer's weight; return UDFC's t when one is still to be placed."""
         bits = self.layer_bits.get(layer.name, self.cfg.bits)
-        q = quantize_layer(mod, norm, self.cfg if bits == self.cfg.bits else self.cfg.replace(bits=bits))
+        cfg = self.cfg if bits == self.cfg.bits else self.cfg.replace(bits=bits)
+        q = quantize_layer(mod, norm, cfg, self.covariances.pop(layer.name, None))
+        if q.feedback is not None:
+            self._feedback.append(q.feedback)
         report.bits = bits
         report.quant_error, report.t_range, report.correction = q.error, q.t_range, q.correction
         if self.cfg.bias_correction and layer.name in self.means:
@@ -292,6 +331,13 @@ class _Pass:
 
     def finish(self) -> list[str]:
         notes = list(self._notes)
+        if self.cfg.rounding == "probe" and self._feedback:
+            before, after = (sum(v) for v in zip(*self._feedback, strict=True))
+            n, total = len(self._feedback), sum(r.bits is not None for r in self.reports)
+            notes.append(
+                f"rounding='probe': {n} of {total} quantized layer(s) rounded with error feedback under the probe's "
+                f"input covariance (expected output error {after / max(before, 1e-300):.2f}x nearest rounding's)"
+            )
         if self._fallbacks:
             notes.append(
                 f"{len(self._fallbacks)} pruned group(s) without ReLU moments (their adapter does not declare "
@@ -411,6 +457,24 @@ def quantize_activations(
         f"{flow['int32_biases']} bias(es) on the int32 grid"
     )
     return notes
+
+
+def _keep_inputs(covariances: dict[str, torch.Tensor], group: ChannelGroup, keep: torch.Tensor, n: int) -> None:
+    """Restrict the input covariances of ``group``'s consumers (and of a depthwise conv aligned with it) to the
+    ``keep`` of its ``n`` channels; a covariance whose layout does not match is dropped (nearest rounding)."""
+    for name in group.aligned:
+        if name in covariances and covariances[name].shape[0] == n:  # a depthwise conv: one group per channel
+            covariances[name] = covariances[name][keep]
+    for c in group.consumers:
+        cov = covariances.get(c.name)
+        if cov is None or c.dim != 1:
+            continue
+        if cov.shape[0] != 1 or cov.shape[1] % n:
+            del covariances[c.name]
+            continue
+        taps = cov.shape[1] // n
+        cov = cov.reshape(n, taps, n, taps)[keep][:, :, keep].reshape(1, len(keep) * taps, len(keep) * taps)
+        covariances[c.name] = cov
 
 
 def _depthwise_modules(model: nn.Module, group: ChannelGroup) -> tuple[nn.Module, nn.Module] | None:

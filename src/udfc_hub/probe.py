@@ -27,6 +27,7 @@ __all__ = [
     "has_batchnorm",
     "bn_matched",
     "probe_input",
+    "natural_noise",
     "probe_input_means",
     "probe_correlations",
     "probe_statistics",
@@ -35,9 +36,12 @@ __all__ = [
     "probe_tensor_flow",
     "TensorFlow",
     "tap_means",
+    "tap_covariance",
 ]
 
 _TARGET_POSITIONS = 1 << 16  # images x pixels of the probe input; 64 images at 32x32, 8 at 224x224
+# natural_noise: amplitude spectrum 1 / f (Field 1987), colour planes sharing 90 % of their variance
+NATURAL_EXPONENT, NATURAL_SHARED = 1.0, 0.9
 
 
 def has_batchnorm(model: nn.Module) -> bool:
@@ -75,12 +79,34 @@ def bn_matched(model: nn.Module):
         model.train(was_training)
 
 
-def probe_input(model: nn.Module, input_size: tuple[int, ...], batch: int | None = None, seed: int = 0):
-    """The probe's standard-normal input batch, on the model's device and dtype."""
+def probe_input(
+    model: nn.Module, input_size: tuple[int, ...], batch: int | None = None, seed: int = 0, natural: bool = False
+):
+    """The probe's standard-normal input batch, on the model's device and dtype; ``natural``: shaped like natural
+    images' second-order statistics (``natural_noise``)."""
     batch = batch or probe_batch_size(input_size)
     device, dtype = input_device_dtype(model)
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn((batch, *input_size), generator=generator).to(device=device, dtype=dtype)
+    x = torch.randn((batch, *input_size), generator=generator)
+    return (natural_noise(x) if natural else x).to(device=device, dtype=dtype)
+
+
+def natural_noise(x: torch.Tensor, exponent: float = NATURAL_EXPONENT, shared: float = NATURAL_SHARED) -> torch.Tensor:
+    """White noise ``(N, C, H, W)`` given the two textbook second-order statistics of natural images, still with
+    zero mean and unit variance per image and channel: an amplitude spectrum falling as ``1 / f^exponent``
+    (Field 1987: exponent about 1), and channels that share a fraction ``shared`` of their variance (the colour
+    planes of a photograph are mostly its luminance). No image is used. A 1-D input (no spatial axes) is returned
+    as it is."""
+    if x.ndim != 4:
+        return x
+    fy = torch.fft.fftfreq(x.shape[-2])[:, None]
+    fx = torch.fft.fftfreq(x.shape[-1])[None, :]
+    f = (fy**2 + fx**2).sqrt()
+    f[0, 0] = f[f > 0].min() if bool((f > 0).any()) else 1.0
+    y = torch.fft.ifft2(torch.fft.fft2(x.to(torch.float64)) / f**exponent).real
+    y = (y - y.mean((2, 3), keepdim=True)) / y.std((2, 3), keepdim=True).clamp(min=1e-12)
+    y = shared**0.5 * y[:, :1] + (1 - shared) ** 0.5 * y
+    return (y / y.std((2, 3), keepdim=True).clamp(min=1e-12)).to(x.dtype)
 
 
 @torch.no_grad()
@@ -115,11 +141,21 @@ def probe_statistics(
     input_size: tuple[int, ...],
     batch: int | None = None,
     seed: int = 0,
-) -> tuple[dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, int]]]:
-    """``probe_input_means`` of ``mean_names`` and ``probe_correlations`` of ``correlation_names``, from one
-    forward pass of the probe."""
+    covariance_names: tuple[str, ...] | list[str] = (),
+    natural: bool = False,
+) -> tuple[dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, int]], dict[str, tuple[torch.Tensor, int]]]:
+    """``probe_input_means`` of ``mean_names``, ``probe_correlations`` of ``correlation_names`` and the
+    ``tap_covariance`` of the input of each conv / linear in ``covariance_names``, from one forward pass of the
+    probe (its input shaped by ``natural_noise`` when ``natural``)."""
     means: dict[str, torch.Tensor] = {}
     found: dict[str, tuple[torch.Tensor, int]] = {}
+    covariances: dict[str, tuple[torch.Tensor, int]] = {}
+
+    def covariance_of(name):
+        def record(module, inputs):
+            covariances[name] = tap_covariance(module, inputs[0])
+
+        return record
 
     def mean_of(name):
         def record(module, inputs):
@@ -138,6 +174,11 @@ def probe_statistics(
         for n in mean_names
         if isinstance(model.get_submodule(n), (nn.Conv2d, nn.Linear))
     ]
+    handles += [
+        model.get_submodule(n).register_forward_pre_hook(covariance_of(n))
+        for n in covariance_names
+        if isinstance(model.get_submodule(n), (nn.Conv2d, nn.Linear))
+    ]
     for n in correlation_names:
         norm = model.get_submodule(n)
         act = getattr(norm, "act", None)
@@ -147,11 +188,11 @@ def probe_statistics(
             handles.append(norm.register_forward_hook(correlation_of(n)))
     try:
         with bn_matched(model):
-            model(probe_input(model, input_size, batch, seed))
+            model(probe_input(model, input_size, batch, seed, natural))
     finally:
         for h in handles:
             h.remove()
-    return means, found
+    return means, found, covariances
 
 
 def _channel_correlation(out: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -168,13 +209,9 @@ def _channel_correlation(out: torch.Tensor) -> tuple[torch.Tensor, int]:
     return corr.cpu(), z.shape[1]
 
 
-def tap_means(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Mean of ``x`` as a layer sees it: ``(C,)`` for a linear, ``(C, kh, kw)`` per kernel tap for a conv
-    (averaged over images and output positions, zero padding included), float64 on the CPU."""
-    if isinstance(module, nn.Linear):
-        x = x.detach().to(torch.float64)
-        return x.reshape(-1, x.shape[-1]).mean(0).cpu()
-    x = x.detach().to(torch.float64).mean(0, keepdim=True)  # (1, C, H, W)
+def _patches(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``x`` as ``module`` reads it: ``(N, C_in * kh * kw, positions)``, padding (timm's "same", non-zero modes)
+    applied as the module's forward applies it."""
     padding = module.padding
     if isinstance(module, Conv2dSame):  # timm's TF "same" padding (its quantized twin too), done in forward
         x, padding = pad_same(x, module.kernel_size, module.stride, module.dilation), (0, 0)
@@ -185,9 +222,40 @@ def tap_means(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if module.padding_mode != "zeros" and any(padding):
         ph, pw = padding
         x, padding = F.pad(x, (pw, pw, ph, ph), mode=module.padding_mode), (0, 0)
-    cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride)
+    return F.unfold(x, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride)
+
+
+def tap_means(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` as a layer sees it: ``(C,)`` for a linear, ``(C, kh, kw)`` per kernel tap for a conv
+    (averaged over images and output positions, zero padding included), float64 on the CPU."""
+    if isinstance(module, nn.Linear):
+        x = x.detach().to(torch.float64)
+        return x.reshape(-1, x.shape[-1]).mean(0).cpu()
+    x = x.detach().to(torch.float64).mean(0, keepdim=True)  # (1, C, H, W)
+    cols = _patches(module, x)
     kh, kw = module.kernel_size
     return cols[0].mean(-1).reshape(x.shape[1], kh, kw).cpu()
+
+
+def tap_covariance(module: nn.Module, x: torch.Tensor, max_samples: int = 1 << 15) -> tuple[torch.Tensor, int]:
+    """Covariance of the inputs one output row of ``module`` reads, over images and output positions, and the
+    number of samples it was measured on: ``(G, d, d)`` float64 on the CPU, G the conv's groups (1 for a linear),
+    d = (C_in / G) kh kw in the order of the weight's flattened row (channel, then tap; zero padding included).
+    Centred: what is left of a weight change's output error once its mean is removed. At most ``max_samples``
+    evenly spaced positions are used."""
+    if isinstance(module, nn.Linear):
+        cols = x.detach().to(torch.float32).reshape(-1, x.shape[-1]).T  # (C, n)
+        groups = 1
+    else:
+        p = _patches(module, x.detach().to(torch.float32))  # (N, C kh kw, L)
+        cols = p.transpose(0, 1).reshape(p.shape[1], -1)
+        groups = module.groups
+    step = -(-cols.shape[1] // max_samples)
+    cols = cols[:, ::step].reshape(groups, -1, cols[:, ::step].shape[1])
+    cols = cols - cols.mean(-1, keepdim=True)
+    samples = cols.shape[-1]
+    cov = (cols @ cols.transpose(1, 2)).to(torch.float64) / max(samples, 1)
+    return (0.5 * (cov + cov.transpose(1, 2))).cpu(), samples
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ from .ops import (
     ReluMoments,
     depthwise_correlation,
     expected_output_shift,
+    feedback_quantize,
     filter_correlation,
     fold_batchnorm,
     intercepts,
@@ -274,15 +275,26 @@ class QuantizedLayer:
     t: torch.Tensor | None = None  # UDFC's per-channel correction, still to be placed (place_correction)
     t_range: tuple[float, float] | None = None
     correction: str | None = None  # "scale" when t was folded into the scales here
+    feedback: tuple[float, float] | None = None  # rounding="probe": expected output error, nearest vs chosen
 
 
 @torch.no_grad()
-def quantize_layer(mod: nn.Module, norm: nn.Module | None, cfg: CompressionConfig) -> QuantizedLayer:
-    """Quantize ``mod.weight`` to ``cfg.bits`` and solve the quantization correction of ``cfg``."""
+def quantize_layer(
+    mod: nn.Module, norm: nn.Module | None, cfg: CompressionConfig, inputs: torch.Tensor | None = None
+) -> QuantizedLayer:
+    """Quantize ``mod.weight`` to ``cfg.bits`` and solve the quantization correction of ``cfg``.
+
+    ``inputs``: the ``(groups, d, d)`` statistics of what one output row reads (``probe.tap_covariance``); given,
+    the codes are chosen by ``round_with_feedback`` under it (``rounding="probe"``), else by nearest rounding."""
     w = mod.weight.detach()
     qt = quantize_dorefa(w, cfg.bits, cfg.granularity, cfg.grid or "dorefa")
+    feedback = None
+    groups = getattr(mod, "groups", 1)
+    if inputs is not None and tuple(inputs.shape) == (groups, w[0].numel(), w[0].numel()):
+        qt, *feedback = feedback_quantize(qt, w, inputs, groups)
     wq = qt.dequantize(w.dtype).to(w.device)
     out = QuantizedLayer(qt, wq, float((wq - w).norm() / w.norm().clamp(min=1e-30)))
+    out.feedback = tuple(feedback) if feedback else None
     if cfg.quant_correction == "udfc":
         bn = bn_params(norm)
         ref = fold_batchnorm(w, mod.bias, *bn)

@@ -45,6 +45,7 @@ from .quantize import (
     quantize_dorefa,
     solve_quant_correction,
 )
+from .rounding import feedback_quantize, round_with_feedback, rounding_error, shrunk_covariance
 
 __all__ = [
     "CRITERIA",
@@ -65,6 +66,7 @@ __all__ = [
     "depthwise_correlation",
     "dequantize",
     "expected_output_shift",
+    "feedback_quantize",
     "filter_correlation",
     "grid_levels",
     "int_codes",
@@ -81,9 +83,12 @@ __all__ = [
     "prune_loss",
     "quantize_dorefa",
     "rank_channels",
+    "round_with_feedback",
+    "rounding_error",
     "relu_mean",
     "relu_moments",
     "relu_variance",
+    "shrunk_covariance",
     "solve_nonnegative_scales",
     "solve_prune_scales",
     "solve_quant_correction",
