@@ -110,11 +110,21 @@ QUANT_VARIANTS = [
     ("udfc+, tensor", dict(granularity="tensor"), "bias correction from the BN-matched probe, per-tensor scales"),
     ("udfc+", dict(), "bias correction from the BN-matched probe, per-channel scales (the default)"),
     ("udfc+ mixed", dict(bit_widths="mixed"), "udfc+ with per-layer bits at the same total size"),
+    (
+        "udfc+ probe rounding",
+        dict(rounding="probe"),
+        "udfc+ with each layer's rounding errors fed back under its input covariance in the probe (GPTQ's order)",
+    ),
 ]
 
 COMBINED = [
     ("udfc, tensor", dict(method="udfc", granularity="tensor"), "the paper (Table 2 setting)"),
     ("udfc+", DEFAULT, "the default: moment criterion and allocation, the probe's correlations"),
+    (
+        "udfc+, probe rounding",
+        {**DEFAULT, "rounding": "probe"},
+        "the default with the rounding errors fed back under each layer's input covariance in the probe",
+    ),
     (
         "udfc+ moments, moment alloc.",
         dict(criterion="moments", layer_ratios="moments"),
@@ -144,7 +154,7 @@ def runs() -> list[tuple[str, str, float, int | None, dict]]:
     """(section, label, prune_ratio, bits, kwargs) of every run."""
     out = [("prune", label, r, None, kw) for r in RATIOS for label, kw, _ in PRUNE_VARIANTS]
     out += [("quant", label, 0.0, 4, kw) for label, kw, _ in QUANT_VARIANTS]
-    six = ("rtn, channel", "udfc+", "udfc+ mixed")
+    six = ("rtn, channel", "udfc+", "udfc+ mixed", "udfc+ probe rounding")
     out += [("quant", label, 0.0, 6, kw) for label, kw, _ in QUANT_VARIANTS if label in six]
     out += [("combined", label, r, 4, kw) for r in RATIOS for label, kw, _ in COMBINED]
     return out

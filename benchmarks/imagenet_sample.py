@@ -30,7 +30,14 @@ PRUNE_VARIANTS = [
     ("udfc+ l2", dict(criterion="l2", layer_ratios="uniform")),
     ("udfc+ moments", dict(criterion="moments", layer_ratios="uniform")),
     ("udfc+", dict()),  # the default: criterion and layer_ratios "moments"
+    ("udfc+, probe rounding", dict(rounding="probe")),  # 6-bit only (rounding needs bits)
 ]
+# quantization rows beyond the plain methods (per-channel scales only)
+EXTRA_METHODS = {
+    "udfc+ mixed": dict(method="udfc+", bit_widths="mixed"),
+    "udfc+ rounding": dict(method="udfc+", rounding="probe"),
+    "udfc+ mixed rounding": dict(method="udfc+", bit_widths="mixed", rounding="probe"),
+}
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("UDFC_FIXTURES", REPO.parent / "shared" / "fixtures"))
@@ -42,6 +49,13 @@ def main(argv=None) -> None:
     ap.add_argument("--granularity", nargs="+", default=["tensor", "channel"], choices=["tensor", "channel"])
     ap.add_argument("--methods", nargs="+", default=["rtn", "udfc", "udfc+"], choices=[*udfc_hub.METHODS, "mixed"])
     ap.add_argument("--mixed", action=argparse.BooleanOptionalAction, default=True, help="udfc+ mixed-bit rows")
+    ap.add_argument(
+        "--rounding-bits",
+        nargs="*",
+        type=int,
+        default=[4, 6],
+        help="bits of the udfc+ rows with rounding='probe' (uniform and mixed; per-channel scales)",
+    )
     ap.add_argument("--limit", type=int, help="N evenly spaced images only (smoke runs)")
     ap.add_argument("--prune-ratio", type=float, default=0.3, help="for the pruning rows (0: none)")
     ap.add_argument("--prune-bits", nargs="+", type=int, default=[6, 0], help="pruning rows' bits (0: float)")
@@ -83,13 +97,16 @@ def main(argv=None) -> None:
             earlier_pruning[_prune_key(r["label"], r["kwargs"], r["prune_ratio"], r["bits"])] = r
     for gran in args.granularity:
         for bits in args.bits:
-            for method in args.methods + (["udfc+ mixed"] if args.mixed and gran == "channel" else []):
+            extra = ["udfc+ mixed"] if args.mixed and gran == "channel" else []
+            if gran == "channel" and bits in args.rounding_bits:
+                extra += ["udfc+ rounding"] + (["udfc+ mixed rounding"] if args.mixed else [])
+            for method in args.methods + extra:
                 old = earlier.get((method, bits, gran))
                 if old is not None and old["n"] == fp["n"]:
                     rows.append({**old, "reused": True})
                     print(f"  {gran:7} {bits}-bit {method:>11}: top-1 {old['top1']:.2f} (reused)", flush=True)
                     continue
-                kw = dict(method="udfc+", bit_widths="mixed") if method == "udfc+ mixed" else dict(method=method)
+                kw = EXTRA_METHODS.get(method, dict(method=method))
                 t0 = time.perf_counter()
                 result = udfc_hub.compress(model, prune_ratio=0.0, bits=bits, granularity=gran, **kw)
                 secs = time.perf_counter() - t0
@@ -112,6 +129,8 @@ def main(argv=None) -> None:
     pruning = []
     for bits in args.prune_bits if args.prune_ratio > 0 else []:
         for label, kw in [v for v in PRUNE_VARIANTS if v[0] in args.prune_variants]:
+            if "rounding" in kw and not bits:
+                continue
             old = earlier_pruning.get(_prune_key(label, kw, args.prune_ratio, bits or None))
             if old is not None and old["n"] == fp["n"]:
                 pruning.append({**old, "reused": True})
