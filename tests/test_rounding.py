@@ -175,6 +175,18 @@ def test_rounding_probe_end_to_end_and_round_trip(tmp_path):
         assert torch.equal(loaded(x), fed.model(x))
 
 
+def test_layers_with_too_many_inputs_keep_nearest_rounding(monkeypatch):
+    # H takes d^2 floats: a layer reading more than MAX_INPUTS inputs per output (VGG's classifier: 25,088) is left
+    model = _calibrated("mobilenetv2_050")
+    monkeypatch.setattr(udfc_hub.engine, "MAX_INPUTS", 100)
+    fed = udfc_hub.compress(model, prune_ratio=0.0, bits=4, rounding="probe", input_size=(3, 64, 64))
+    near = udfc_hub.compress(model, prune_ratio=0.0, bits=4, input_size=(3, 64, 64))
+    wide = {n for n in near.quantized if fed.model.get_submodule(n).weight[0].numel() > 100}
+    assert wide and any(f"{len(wide)} layer(s) reading more than 100 inputs" in n for n in fed.report.notes)
+    assert all(torch.equal(near.quantized[n].codes, fed.quantized[n].codes) for n in wide)
+    assert not all(torch.equal(near.quantized[n].codes, fed.quantized[n].codes) for n in set(near.quantized) - wide)
+
+
 def test_rounding_probe_without_batchnorm_says_it_used_nearest():
     model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=10).eval()
     fed = udfc_hub.compress(model, prune_ratio=0.0, bits=4, rounding="probe")

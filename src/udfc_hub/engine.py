@@ -54,6 +54,7 @@ from .ops import (
     uniform_widths,
 )
 from .ops.activations import image_range
+from .ops.rounding import MAX_INPUTS
 from .probe import has_batchnorm, probe_activation_ranges, probe_statistics
 from .profile import default_input_size, profile_model
 from .report import CompressionReport, CompressionResult, LayerReport
@@ -219,22 +220,37 @@ def _probe(model, spec: ModelSpec, cfg: CompressionConfig, n_keep, input_size, n
     if corr_names:
         n = len(found)
         notes.append(f"the moment model's correlations of {n} pruned group(s) measured in the BN-matched probe")
-    return means, found, _input_covariances(model, all_layers, size, not cfg.bias_correction) if feedback else {}
+    if not feedback:
+        return means, found, {}
+    wide = [n for n in all_layers if _row_inputs(model.get_submodule(n)) > MAX_INPUTS]
+    if wide:
+        notes.append(
+            f"rounding='probe': {len(wide)} layer(s) reading more than {MAX_INPUTS} inputs per output keep nearest "
+            f"rounding, e.g. {wide[0]}"
+        )
+    names = [n for n in all_layers if n not in wide]
+    return means, found, _input_covariances(model, names, size, not cfg.bias_correction)
+
+
+def _row_inputs(mod: nn.Module) -> int:
+    """How many inputs one output row of a conv or linear reads."""
+    return mod.weight[0].numel()
 
 
 def _input_covariances(model: nn.Module, names: list[str], size, with_mean: bool) -> dict[str, torch.Tensor]:
-    """``rounding="probe"``'s statistics of each layer's input, from a probe pass of natural-image-like noise:
-    the covariance shrunk towards its diagonal where it had few samples, plus the outer product of the mean when
-    no bias correction will remove the mean error."""
+    """``rounding="probe"``'s statistics of each layer's input, from a probe pass of natural-image-like
+    noise: the covariance shrunk towards its diagonal where it had few samples, plus the outer product of the mean
+    when no bias correction will remove the mean error."""
     means, _, covariances = probe_statistics(
         model, names if with_mean else [], [], size, covariance_names=names, natural=True
     )
     out = {}
     for name, (cov, samples) in covariances.items():
-        out[name] = shrunk_covariance(cov, samples)
+        h = shrunk_covariance(cov, samples)
         if with_mean:
-            mu = means[name].reshape(cov.shape[0], -1)
-            out[name] = out[name] + mu[:, :, None] * mu[:, None, :]
+            mu = means[name].reshape(cov.shape[0], -1).to(h.dtype)
+            h = h + mu[:, :, None] * mu[:, None, :]
+        out[name] = h
     return out
 
 

@@ -239,7 +239,7 @@ def tap_means(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def tap_covariance(module: nn.Module, x: torch.Tensor, max_samples: int = 1 << 15) -> tuple[torch.Tensor, int]:
     """Covariance of the inputs one output row of ``module`` reads, over images and output positions, and the
-    number of samples it was measured on: ``(G, d, d)`` float64 on the CPU, G the conv's groups (1 for a linear),
+    number of samples it was measured on: ``(G, d, d)`` float32 on the CPU, G the conv's groups (1 for a linear),
     d = (C_in / G) kh kw in the order of the weight's flattened row (channel, then tap; zero padding included).
     Centred: what is left of a weight change's output error once its mean is removed. At most ``max_samples``
     evenly spaced positions are used."""
@@ -254,7 +254,7 @@ def tap_covariance(module: nn.Module, x: torch.Tensor, max_samples: int = 1 << 1
     cols = cols[:, ::step].reshape(groups, -1, cols[:, ::step].shape[1])
     cols = cols - cols.mean(-1, keepdim=True)
     samples = cols.shape[-1]
-    cov = (cols @ cols.transpose(1, 2)).to(torch.float64) / max(samples, 1)
+    cov = (cols @ cols.transpose(1, 2)) / max(samples, 1)
     return (0.5 * (cov + cov.transpose(1, 2))).cpu(), samples
 
 

@@ -26,9 +26,20 @@ import torch
 
 from .quantize import QuantizedTensor, grid_levels
 
-__all__ = ["DAMPING", "Rounded", "feedback_quantize", "round_with_feedback", "rounding_error", "shrunk_covariance"]
+__all__ = [
+    "DAMPING",
+    "MAX_INPUTS",
+    "Rounded",
+    "feedback_quantize",
+    "round_with_feedback",
+    "rounding_error",
+    "shrunk_covariance",
+]
 
 DAMPING = 0.01  # ridge added to H, as a fraction of its mean diagonal (GPTQ's choice)
+# inputs per output row above which a layer keeps nearest rounding: H alone would take d^2 floats (VGG's first
+# classifier layer reads 25,088), and the probe measures it on a handful of samples (8 images after flattening)
+MAX_INPUTS = 8192
 _BLOCK = 128  # columns updated together before the rest of the row is corrected in one matrix product
 
 
@@ -152,9 +163,9 @@ def feedback_quantize(
     ``round_with_feedback`` under ``hessian`` ``(groups, d, d)``, d the inputs of one output row; same scale.
     Returns the new tensor and the summed ``rounding_error`` of nearest rounding and of the result."""
     out = weight.shape[0]
-    w = weight.detach().reshape(groups, out // groups, -1)
+    w = weight.detach().cpu().reshape(groups, out // groups, -1)  # the statistics live on the CPU
     per_tensor = qt.scale.numel() == 1
-    scale = qt.scale.reshape(1, 1, 1) if per_tensor else qt.scale.reshape(groups, out // groups, 1)
-    r = round_with_feedback(w, hessian, scale, qt.bits, qt.grid)
-    codes = r.codes.reshape(weight.shape).to(torch.uint8)
+    scale = qt.scale.cpu().reshape(1, 1, 1) if per_tensor else qt.scale.cpu().reshape(groups, out // groups, 1)
+    r = round_with_feedback(w, hessian.cpu(), scale, qt.bits, qt.grid)
+    codes = r.codes.reshape(weight.shape).to(device=qt.codes.device, dtype=torch.uint8)
     return QuantizedTensor(codes, qt.scale, qt.bits, qt.grid), float(r.nearest_error.sum()), float(r.error.sum())
