@@ -208,8 +208,9 @@ class CompressionConfig:
         "where the moment model takes the correlations of a pruned group's BN outputs: filters (cosines of the "
         "BN-folded filters: white inputs) or probe (measured in the BN-matched Gaussian probe of the input model: "
         "inputs correlated as the network's own layers make them; shrunk towards filters where the probe has few "
-        "positions per channel); groups through a depthwise conv keep their own model. Default: probe for udfc+, "
-        "filters for the others",
+        "positions per channel); a group through a depthwise conv takes those of the depthwise conv's BN outputs, "
+        "in a probe of natural-image-like noise (else its own model). Default: probe for udfc+, filters for the "
+        "others",
         choices=CORRELATIONS,
         kind="choice",
         advanced=True,

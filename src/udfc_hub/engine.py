@@ -191,9 +191,10 @@ def _check_model(model: Any) -> None:
 def _probe(model, spec: ModelSpec, cfg: CompressionConfig, n_keep, input_size, notes: list[str]):
     """The BN-matched probe over the input model, for what the options need: each layer's mean input (the
     quantization bias correction) and, with ``correlations="probe"``, the correlations of each pruned group's BN
-    outputs where the moment model reads them (a group with a ReLU after its norm, not through a depthwise conv),
-    from one pass; with ``rounding="probe"``, each layer's input covariance from a second pass whose noise has
-    natural images' spectrum and colour correlation. Returns (means, correlations, covariances)."""
+    outputs where the moment model reads them (a group with a ReLU after its norm), from one pass of white noise;
+    a second pass, of noise with natural images' spectrum and colour correlation, for the groups through a
+    depthwise conv (their depthwise conv's BN outputs) and, with ``rounding="probe"``, each layer's input
+    covariance. Returns (means, correlations by norm name, covariances)."""
     feedback = cfg.rounding == "probe" and cfg.bits is not None
     all_layers = [layer.name for layer in spec.layers]
     mean_names = all_layers if cfg.bias_correction and cfg.bits is not None else []
@@ -203,12 +204,23 @@ def _probe(model, spec: ModelSpec, cfg: CompressionConfig, n_keep, input_size, n
         for g in spec.groups
         if moments and g.producer.name in n_keep and g.producer.norm and g.relu_after_norm and g.depthwise is None
     ]
-    if not (mean_names or corr_names or feedback):
+    # groups through a depthwise conv (their moment model, udfc and udfc+): the depthwise conv's BN outputs, in
+    # the natural-noise pass (white noise did not help them, docs/method.md)
+    dw_names = [
+        g.depthwise.norm
+        for g in spec.groups
+        if cfg.correlations == "probe"
+        and cfg.method in ("udfc", "udfc+")
+        and g.producer.name in n_keep
+        and g.depthwise is not None
+        and g.depthwise.norm
+    ]
+    if not (mean_names or corr_names or dw_names or feedback):
         return {}, {}, {}
     if not has_batchnorm(model):
         if mean_names:
             notes.append("no BatchNorm statistics in this model: quantization bias correction was skipped")
-        if corr_names:
+        if corr_names or dw_names:
             notes.append("no BatchNorm statistics in this model: the moment model's correlations come from the filters")
         if feedback:
             notes.append(
@@ -217,19 +229,24 @@ def _probe(model, spec: ModelSpec, cfg: CompressionConfig, n_keep, input_size, n
         return {}, {}, {}
     size = tuple(input_size) if input_size is not None else default_input_size(model)
     means, found = probe_statistics(model, mean_names, corr_names, size)[:2] if mean_names or corr_names else ({}, {})
-    if corr_names:
-        n = len(found)
-        notes.append(f"the moment model's correlations of {n} pruned group(s) measured in the BN-matched probe")
-    if not feedback:
-        return means, found, {}
-    wide = [n for n in all_layers if _row_inputs(model.get_submodule(n)) > MAX_INPUTS]
+    wide = [n for n in all_layers if _row_inputs(model.get_submodule(n)) > MAX_INPUTS] if feedback else []
     if wide:
         notes.append(
             f"rounding='probe': {len(wide)} layer(s) reading more than {MAX_INPUTS} inputs per output keep nearest "
             f"rounding, e.g. {wide[0]}"
         )
-    names = [n for n in all_layers if n not in wide]
-    return means, found, _input_covariances(model, names, size, not cfg.bias_correction)
+    cov_names = [n for n in all_layers if n not in wide] if feedback else []
+    covariances = {}
+    if cov_names or dw_names:
+        natural, covariances = _natural_pass(model, dw_names, cov_names, size, not cfg.bias_correction)
+        found.update(natural)
+    if corr_names or dw_names:
+        n, dw = len(found), len(dw_names)
+        notes.append(
+            f"the moment model's correlations of {n} pruned group(s) measured in the BN-matched probe"
+            + (f" ({dw} through a depthwise conv, at its BN, in natural-image-like noise)" if dw else "")
+        )
+    return means, found, covariances
 
 
 def _row_inputs(mod: nn.Module) -> int:
@@ -237,12 +254,13 @@ def _row_inputs(mod: nn.Module) -> int:
     return mod.weight[0].numel()
 
 
-def _input_covariances(model: nn.Module, names: list[str], size, with_mean: bool) -> dict[str, torch.Tensor]:
-    """``rounding="probe"``'s statistics of each layer's input, from a probe pass of natural-image-like
-    noise: the covariance shrunk towards its diagonal where it had few samples, plus the outer product of the mean
-    when no bias correction will remove the mean error."""
-    means, _, covariances = probe_statistics(
-        model, names if with_mean else [], [], size, covariance_names=names, natural=True
+def _natural_pass(model: nn.Module, corr_names: list[str], cov_names: list[str], size, with_mean: bool):
+    """One probe pass of natural-image-like noise (``probe.natural_noise``): the correlations of the named norms'
+    outputs, and ``rounding="probe"``'s statistics of each named layer's input: the covariance shrunk towards its
+    diagonal where it had few samples, plus the outer product of the mean when no bias correction will remove the
+    mean error. Returns (correlations, covariances)."""
+    means, found, covariances = probe_statistics(
+        model, cov_names if with_mean else [], corr_names, size, covariance_names=cov_names, natural=True
     )
     out = {}
     for name, (cov, samples) in covariances.items():
@@ -251,7 +269,7 @@ def _input_covariances(model: nn.Module, names: list[str], size, with_mean: bool
             mu = means[name].reshape(cov.shape[0], -1).to(h.dtype)
             h = h + mu[:, :, None] * mu[:, None, :]
         out[name] = h
-    return out
+    return found, out
 
 
 class _Pass:
@@ -321,7 +339,9 @@ class _Pass:
         ref_norm = src.get_submodule(layer.norm) if layer.norm else None
         through = _depthwise_modules(src, group)
         consumers = consumer_weights(group, src.get_submodule, partial(_norm_in, src, self.layers))
-        measured = self.correlations.get(layer.norm) if layer.norm else None
+        # through a depthwise conv the model's correlations are those of the depthwise conv's BN outputs
+        at = group.depthwise.norm if group.depthwise is not None else layer.norm
+        measured = self.correlations.get(at) if at else None
         plan = plan_pruning(ref, ref_norm, group, self.n_keep[layer.name], self.cfg, through, consumers, measured)
         if plan.fallback:
             self._fallbacks.append(layer.name)

@@ -148,9 +148,10 @@ def moment_model(
     """The moments of what the group's consumers read, from the BatchNorm statistics; None where the group has no
     such model (no ReLU right after its norm). ``measured``: correlations of the BN outputs and the number of
     samples behind them (the probe's), used instead of the filters' cosines, shrunk towards them by
-    ``n / (n + samples)`` for n channels (a depthwise group keeps its own model)."""
+    ``n / (n + samples)`` for n channels; for a depthwise group, those of the depthwise conv's BN outputs, used
+    instead of ``depthwise_correlation``'s."""
     if depthwise is not None:
-        return depthwise_moments(folded, norm, *depthwise, group.relu_cap)
+        return depthwise_moments(folded, norm, *depthwise, group.relu_cap, measured)
     if group.relu_after_norm and norm is not None:
         # BN output of channel i ~ N(beta_i, gamma_i^2), correlated like the folded filters (white inputs) or
         # as measured
@@ -200,16 +201,32 @@ def consumer_weights(
     return out
 
 
-def depthwise_moments(folded, norm: nn.Module, dw: nn.Module, dw_norm: nn.Module, cap: float | None) -> ReluMoments:
+def depthwise_moments(
+    folded,
+    norm: nn.Module,
+    dw: nn.Module,
+    dw_norm: nn.Module,
+    cap: float | None,
+    measured: tuple[torch.Tensor, int] | None = None,
+) -> ReluMoments:
     """Moments of ``act(dw_norm(dw(act(norm(producer)))))``: the producer's BN outputs as udfc+ models them
     (N(beta, gamma^2), correlated like the folded filters), through the activation, the depthwise kernels
     (``depthwise_correlation``, the spatial correlation read from ``dw_norm``'s running variance) and the second
-    BN (N(beta2, gamma2^2), the sign of gamma2 carried into the correlation), through the activation again."""
+    BN (N(beta2, gamma2^2), the sign of gamma2 carried into the correlation), through the activation again.
+    ``measured``: the correlations of ``dw_norm``'s outputs and their number of samples (the probe's), used
+    instead of the modelled ones, shrunk towards them by ``n / (n + samples)``."""
     inner = relu_moments(norm.bias, norm.weight.abs(), filter_correlation(folded.R), cap=cap, fast=True)
     corr = depthwise_correlation(inner.cov, dw.weight.detach(), dw_norm.running_var.detach())
     sign = torch.sign(dw_norm.weight.detach().to(torch.float64))
     sign = torch.where(sign == 0, torch.ones_like(sign), sign)
-    return relu_moments(dw_norm.bias, dw_norm.weight.abs(), corr * sign[:, None] * sign[None, :], cap=cap, fast=True)
+    corr = corr * sign[:, None] * sign[None, :]
+    if measured is not None:
+        found, samples = measured
+        if found.shape != corr.shape:
+            raise ValueError(f"measured correlations of shape {tuple(found.shape)} for {corr.shape[0]} channels")
+        shrink = corr.shape[0] / (corr.shape[0] + samples)
+        corr = (1 - shrink) * found.to(torch.float64) + shrink * corr
+    return relu_moments(dw_norm.bias, dw_norm.weight.abs(), corr, cap=cap, fast=True)
 
 
 def _moment_residual(moments: ReluMoments, keep, pruned, scales) -> float:
