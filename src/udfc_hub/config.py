@@ -363,9 +363,8 @@ class CompressionConfig:
 
         The activation options, ``bit_widths``, ``correlations`` and ``rounding`` are left out where they take their
         default (float activations, the grid the other options imply, uniform bits, the method's correlations,
-        nearest rounding), so settings
-        read as they did before those options existed (older readers refuse unknown keys; sweep cells keep their
-        keys; an older artifact's card is written again byte for byte)."""
+        nearest rounding), so settings read as they did before those options existed (older readers refuse unknown
+        keys; sweep cells keep their keys; an older artifact's card is written again byte for byte)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         if out["act_bits"] is None:
             del out["act_bits"]

@@ -10,9 +10,9 @@ inputs are visited in order of decreasing ``H_qq``; input q's weights are rounde
 make is spread over the not-yet-rounded inputs by the least-squares update that keeps the output error smallest,
 ``w_{>q} -= (w_q - w~_q) / U_qq * U_{q, >q}`` with ``U`` the upper Cholesky factor of ``H^-1``. Each weight is thus
 the best grid value given those already rounded and the best continuous values of the rest. udfc-hub has no data:
-H comes from the BN-matched probe (``probe.tap_covariance``). The scheme is greedy, so each row keeps whichever of
-the feedback rounding and nearest rounding leaves the smaller ``e_r``: never worse than nearest on its own
-objective.
+H comes from a BN-matched probe pass of natural-image-like noise (``probe.tap_covariance``). The scheme is greedy,
+so each row keeps whichever of the feedback rounding and nearest rounding leaves the smaller ``e_r``: never worse
+than nearest on its own objective.
 
 Grouped convolutions are handled as G independent problems: ``weight`` is ``(G, rows, d)``, ``hessian``
 ``(G, d, d)`` (a depthwise conv: one row and a 9 x 9 H per channel).
