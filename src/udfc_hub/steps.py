@@ -38,6 +38,7 @@ from .ops import (
     relu_moments,
     relu_variance,
     select_rebuildable,
+    shrink_towards,
     solve_nonnegative_scales,
     solve_prune_scales,
     solve_quant_correction,
@@ -163,13 +164,7 @@ def channel_correlation(folded, measured: tuple[torch.Tensor, int] | None = None
     """The moment model's correlation of a group's BN outputs: the cosines of the BN-folded filters (an input with
     identity covariance), or ``measured = (corr, samples)`` shrunk towards them by ``n / (n + samples)``."""
     filters = filter_correlation(folded.R)
-    if measured is None:
-        return filters
-    corr, samples = measured
-    if corr.shape != filters.shape:
-        raise ValueError(f"measured correlations of shape {tuple(corr.shape)} for {filters.shape[0]} channels")
-    shrink = filters.shape[0] / (filters.shape[0] + samples)
-    return (1 - shrink) * corr.to(torch.float64) + shrink * filters
+    return filters if measured is None else shrink_towards(measured[0], filters, measured[1])
 
 
 def moment_variances(
@@ -221,11 +216,7 @@ def depthwise_moments(
     sign = torch.where(sign == 0, torch.ones_like(sign), sign)
     corr = corr * sign[:, None] * sign[None, :]
     if measured is not None:
-        found, samples = measured
-        if found.shape != corr.shape:
-            raise ValueError(f"measured correlations of shape {tuple(found.shape)} for {corr.shape[0]} channels")
-        shrink = corr.shape[0] / (corr.shape[0] + samples)
-        corr = (1 - shrink) * found.to(torch.float64) + shrink * corr
+        corr = shrink_towards(measured[0], corr, measured[1])
     return relu_moments(dw_norm.bias, dw_norm.weight.abs(), corr, cap=cap, fast=True)
 
 

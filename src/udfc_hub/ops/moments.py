@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "shrink_towards",
     "ReluMoments",
     "relu_mean",
     "relu_moments",
@@ -182,6 +183,16 @@ def _centred_integral(a, b, zi, low, rows, cols, first, cap, rule):
         cond = cond - torch.where(sharp, _relu_mean(cond_mean - cap, safe), (cond_mean - cap).clamp(min=0))
     centred = cond - first.to(m.dtype)[None, :, None]
     return (w[:, None, :] * zi(u.to(torch.float64)).to(m.dtype)[:, None, :] * centred).sum(-1).to(torch.float64)
+
+
+def shrink_towards(measured: torch.Tensor, prior: torch.Tensor, samples: int) -> torch.Tensor:
+    """``measured`` (an ``(..., n, n)`` matrix estimated from ``samples`` vectors) shrunk towards ``prior`` by
+    ``n / (n + samples)``: the measurement alone with many samples, mostly the prior with fewer samples than
+    dimensions (where the measured matrix is singular). Refuses a measurement of another shape."""
+    if measured.shape != prior.shape:
+        raise ValueError(f"measured correlations of shape {tuple(measured.shape)} for {prior.shape[-1]} channels")
+    shrink = prior.shape[-1] / (prior.shape[-1] + samples)
+    return (1 - shrink) * measured.to(prior.dtype) + shrink * prior
 
 
 def filter_correlation(R: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import torch
 
+from .moments import shrink_towards
 from .quantize import QuantizedTensor, grid_levels
 
 __all__ = [
@@ -62,10 +63,7 @@ def shrunk_covariance(cov: torch.Tensor, samples: int) -> torch.Tensor:
     """A ``(G, d, d)`` covariance measured on ``samples`` vectors, shrunk towards its diagonal by ``d / (d +
     samples)``: with fewer samples than inputs the measured matrix is singular, and the rounding would push its
     error into directions the probe never saw (a diagonal H makes the feedback rounding nearest rounding)."""
-    d = cov.shape[-1]
-    keep = samples / (samples + d)
-    diag = torch.diag_embed(torch.diagonal(cov, dim1=1, dim2=2))
-    return keep * cov + (1 - keep) * diag
+    return shrink_towards(cov, torch.diag_embed(torch.diagonal(cov, dim1=1, dim2=2)), samples)
 
 
 def _codes(w: torch.Tensor, scale: torch.Tensor, levels: int) -> torch.Tensor:
