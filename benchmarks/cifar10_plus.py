@@ -89,6 +89,11 @@ PRUNE_VARIANTS = [
         "udfc+ l2 with the moment model's correlations measured in the BN-matched probe, not the filters' cosines",
     ),
     ("udfc+", DEFAULT, "the default: udfc+ moments, moment allocation and the probe's correlations"),
+    (
+        "udfc+, distilled refit",
+        {**DEFAULT, "refit": "distilled"},
+        "the default, then every layer refitted by least squares on 64 images distilled from the BN statistics",
+    ),
 ]
 
 # Quantization only, 4-bit weights unless the label says otherwise
@@ -115,6 +120,11 @@ QUANT_VARIANTS = [
         dict(rounding="probe"),
         "udfc+ with each layer's rounding errors fed back under its input covariance in the probe (GPTQ's order)",
     ),
+    (
+        "udfc+ distilled refit",
+        dict(refit="distilled"),
+        "udfc+, then every layer refitted and rounded again on 64 images distilled from the BN statistics",
+    ),
 ]
 
 COMBINED = [
@@ -124,6 +134,11 @@ COMBINED = [
         "udfc+, probe rounding",
         {**DEFAULT, "rounding": "probe"},
         "the default with the rounding errors fed back under each layer's input covariance in the probe",
+    ),
+    (
+        "udfc+, distilled refit",
+        {**DEFAULT, "refit": "distilled"},
+        "the default, then every layer refitted and rounded again on 64 images distilled from the BN statistics",
     ),
     (
         "udfc+ moments, moment alloc.",
@@ -154,7 +169,7 @@ def runs() -> list[tuple[str, str, float, int | None, dict]]:
     """(section, label, prune_ratio, bits, kwargs) of every run."""
     out = [("prune", label, r, None, kw) for r in RATIOS for label, kw, _ in PRUNE_VARIANTS]
     out += [("quant", label, 0.0, 4, kw) for label, kw, _ in QUANT_VARIANTS]
-    six = ("rtn, channel", "udfc+", "udfc+ mixed", "udfc+ probe rounding")
+    six = ("rtn, channel", "udfc+", "udfc+ mixed", "udfc+ probe rounding", "udfc+ distilled refit")
     out += [("quant", label, 0.0, 6, kw) for label, kw, _ in QUANT_VARIANTS if label in six]
     out += [("combined", label, r, 4, kw) for r in RATIOS for label, kw, _ in COMBINED]
     return out

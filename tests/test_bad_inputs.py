@@ -76,6 +76,7 @@ OPTION_CASES = [
     ({"bit_widths": "auto"}, "bit_widths must be one of uniform, mixed"),
     ({"rounding": "gptq"}, "rounding must be one of nearest, probe"),
     ({"rounding": "probe", "bits": None}, "rounding='probe' chooses how weights are rounded to bits; set bits"),
+    ({"refit": "data"}, "refit must be one of none, distilled"),
     ({"prune_ratio": 0, "bits": None}, "Nothing to do"),
 ]
 

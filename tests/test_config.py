@@ -29,11 +29,18 @@ def test_frozen_validated_and_round_trips():
     with pytest.raises(InvalidArgumentError, match="bits must be an integer in 2..8"):
         cfg.replace(bits=9)
     assert CompressionConfig.from_dict(cfg.to_dict()) == cfg
-    # field order; the activation options, bit_widths, correlations and rounding only where they are not defaults
-    optional = ("act_bits", "act_range", "grid", "bit_widths", "correlations", "rounding")
+    # field order; the activation options, bit_widths, correlations, rounding and refit only where they are not defaults
+    optional = ("act_bits", "act_range", "grid", "bit_widths", "correlations", "rounding", "refit")
     assert list(cfg.to_dict()) == [f.name for f in dataclasses.fields(CompressionConfig) if f.name not in optional]
     wa = CompressionConfig(
-        bits=4, act_bits=4, act_range="mse", grid="dorefa", bit_widths="mixed", correlations="probe", rounding="probe"
+        bits=4,
+        act_bits=4,
+        act_range="mse",
+        grid="dorefa",
+        bit_widths="mixed",
+        correlations="probe",
+        rounding="probe",
+        refit="distilled",
     )
     assert list(wa.to_dict()) == [f.name for f in dataclasses.fields(CompressionConfig)]
     assert CompressionConfig.from_dict(wa.to_dict()) == wa

@@ -37,6 +37,7 @@ from .config import (
     CompressionConfig,
 )
 from .dataflow import OUTPUT_BITS, plan_int8_flow
+from .distill import DISTILL_STEPS, MIN_ROWS_PER_INPUT, distill_images, distilled_batch_size, refit_layers
 from .errors import InvalidArgumentError, UdfcError
 from .ops import (
     MAX_BITS,
@@ -124,6 +125,7 @@ def compress(
     before = profile_model(model, input_size)
     work = copy.deepcopy(model)
     notes = list(spec.notes)
+    distilled = _distill(work, cfg, input_size, notes)  # from the copy before anything changes it
     n_keep = allocate_widths(work, spec, cfg) if cfg.prune_ratio > 0 else {}
     means, correlations, covariances = _probe(work, spec, cfg, n_keep, input_size, notes)
     run = _Pass(work, model, spec, cfg, means, n_keep, correlations, covariances)
@@ -137,6 +139,8 @@ def compress(
         layers = tqdm(layers, desc="compressing", unit="layer")
     for layer in layers:
         run.visit(layer)
+    if distilled is not None:
+        notes.append(run.refit(distilled))
     if cfg.act_bits is not None:
         notes += quantize_activations(work, spec, cfg, input_size, run.quantized)
     work.eval()
@@ -249,6 +253,24 @@ def _probe(model, spec: ModelSpec, cfg: CompressionConfig, n_keep, input_size, n
     return means, found, covariances
 
 
+def _distill(model: nn.Module, cfg: CompressionConfig, input_size, notes: list[str]):
+    """``refit="distilled"``: images distilled from the BatchNorm statistics (``distill.distill_images``), with
+    a note; None (and a note) for a model without BatchNorm."""
+    if cfg.refit != "distilled":
+        return None
+    if not has_batchnorm(model):
+        notes.append("no BatchNorm statistics in this model: refit='distilled' has nothing to distil images from")
+        return None
+    size = tuple(input_size) if input_size is not None else default_input_size(model)
+    n = distilled_batch_size(size)
+    images, first, last = distill_images(model, size, n, DISTILL_STEPS)
+    notes.append(
+        f"refit='distilled': {n} images distilled from the BatchNorm statistics in {DISTILL_STEPS} steps (summed "
+        f"squared gap to the recorded means and stds {first:.3g} -> {last:.3g})"
+    )
+    return images
+
+
 def _row_inputs(mod: nn.Module) -> int:
     """How many inputs one output row of a conv or linear reads."""
     return mod.weight[0].numel()
@@ -303,6 +325,7 @@ class _Pass:
         # rounding="probe": each layer's input covariance (groups, d, d) in the probe, sliced as inputs are pruned
         self.covariances: dict[str, torch.Tensor] = covariances or {}
         self._feedback: list[tuple[float, float]] = []
+        self.kept_out: dict[str, torch.Tensor] = {}  # the original output channels each pruned layer kept
 
     def visit(self, layer: Layer) -> None:
         cfg = self.cfg
@@ -346,6 +369,9 @@ class _Pass:
         if plan.fallback:
             self._fallbacks.append(layer.name)
         apply_pruning(self.model, layer, group, plan.keep, self.means)
+        for name in (layer.name, *group.aligned):
+            if name in self.layers:
+                self.kept_out[name] = plan.keep
         _keep_inputs(self.covariances, group, plan.keep, plan.keep.numel() + plan.pruned.numel())
         report.kept_channels, report.residual, report.solver = len(plan.keep), plan.residual, plan.solver
         return plan
@@ -364,6 +390,40 @@ class _Pass:
         set_param(mod, "weight", q.weight)
         self.quantized[layer.name] = q.qt
         return q.t
+
+    def refit(self, images: torch.Tensor) -> str:
+        """``refit="distilled"``: every layer refitted on the distilled images (``distill.refit_layers``);
+        returns the report's note."""
+        names = [name for name in self.layers]
+        norms = {}
+        for name in names:
+            layer = self.layers[name]
+            if layer.norm:
+                norms[name] = (self.model.get_submodule(layer.norm), self.original.get_submodule(layer.norm))
+        residuals = {layer.name: layer.residual for layer in self.layers.values() if layer.residual is not None}
+        errors, skipped = refit_layers(
+            self.model, self.original, names, images, self.kept_out, norms, self._requantize, residuals
+        )
+        note = f"refit='distilled': {len(errors)} of {len(names)} layer(s) refitted on the distilled images"
+        if errors:
+            note += f" (mean relative output error there {sum(errors.values()) / len(errors):.3g})"
+        if skipped:
+            note += (
+                f"; {len(skipped)} with fewer than {MIN_ROWS_PER_INPUT} samples per input kept their weights, e.g. "
+                + skipped[0]
+            )
+        return note
+
+    def _requantize(self, name: str, mod: nn.Module, stats) -> None:
+        """A refitted layer's new weight rounded as the layer was (its bits; under the distilled inputs'
+        covariance with ``rounding="probe"``); no quantization correction: the refit's intercept follows."""
+        if name not in self.quantized:
+            return
+        cfg = self.cfg.replace(bits=self.layer_bits.get(name, self.cfg.bits), quant_correction="none")
+        inputs = stats.moments()[2].float() if self.cfg.rounding == "probe" else None
+        q = quantize_layer(mod, None, cfg, inputs)
+        self.quantized[name] = q.qt
+        set_param(mod, "weight", q.weight)
 
     def finish(self) -> list[str]:
         notes = list(self._notes)

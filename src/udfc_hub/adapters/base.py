@@ -19,10 +19,15 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Layer:
-    """A weight layer (``nn.Conv2d`` or ``nn.Linear``) and the BatchNorm that directly follows it, if any."""
+    """A weight layer (``nn.Conv2d`` or ``nn.Linear``) and the BatchNorm that directly follows it, if any.
+
+    ``residual``: (block, shortcut) when the norm's output is added to ``shortcut(block input)``, the block input
+    itself when shortcut is None (a residual block's last conv); ``refit="distilled"`` then also repairs what the
+    compressed shortcut branch changed."""
 
     name: str
     norm: str | None = None
+    residual: tuple[str, str | None] | None = None
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ class CifarResNetAdapter:
             for i, _ in enumerate(getattr(model, stage)):
                 p = f"{stage}.{i}"
                 inner = Layer(f"{p}.conv1", f"{p}.bn1")
-                layers += [inner, Layer(f"{p}.conv2", f"{p}.bn2")]
+                layers += [inner, Layer(f"{p}.conv2", f"{p}.bn2", residual=(p, f"{p}.shortcut"))]
                 groups.append(ChannelGroup(producer=inner, consumers=(Consumer(f"{p}.conv2"),), relu_after_norm=True))
         if isinstance(model.linear, nn.Linear):
             layers.append(Layer("linear"))

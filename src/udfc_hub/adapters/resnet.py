@@ -35,8 +35,11 @@ class TimmResNetAdapter:
                 _check_block(block, prefix)
                 convs = ["conv1", "conv2"] + (["conv3"] if isinstance(block, Bottleneck) else [])
                 acts = ["act1", "act2"]
+                # the last conv's BN output is added to the (downsampled) block input
+                shortcut = (prefix, f"{prefix}.downsample" if block.downsample is not None else None)
                 for k, conv in enumerate(convs):
-                    layer = Layer(f"{prefix}.{conv}", f"{prefix}.bn{k + 1}")
+                    last = k + 1 == len(convs)
+                    layer = Layer(f"{prefix}.{conv}", f"{prefix}.bn{k + 1}", residual=shortcut if last else None)
                     layers.append(layer)
                     if k + 1 < len(convs):
                         relu = isinstance(getattr(block, acts[k]), nn.ReLU)

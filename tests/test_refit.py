@@ -1,0 +1,210 @@
+"""refit="distilled": images distilled from the BN statistics and the layer-by-layer least-squares refit."""
+
+import copy
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import udfc_hub
+from test_levers import _calibrated
+from udfc_hub.distill import _rows, _targets, distill_images, refit_layers
+from udfc_hub.ops.refit import RefitStats, best_intercept, refit_error, solve_refit
+
+
+def _stats(a, t):
+    stats = RefitStats(a.shape[0], a.shape[2], t.shape[2])
+    stats.add(a[:, :300], t[:, :300])  # two batches: the sums accumulate
+    stats.add(a[:, 300:], t[:, 300:])
+    return stats
+
+
+@pytest.mark.parametrize("intercept", [True, False])
+def test_solve_refit_recovers_a_linear_map_exactly(intercept):
+    torch.manual_seed(0)
+    a = torch.randn(3, 500, 7, dtype=torch.float64) @ torch.randn(7, 7, dtype=torch.float64) + 2.0
+    w, b = torch.randn(3, 4, 7, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    b = b if intercept else torch.zeros_like(b)
+    t = a @ w.transpose(1, 2) + b[:, None, :]
+    stats = _stats(a, t)
+    w_fit, b_fit = solve_refit(stats, ridge=1e-12, intercept=intercept)
+    assert torch.allclose(w_fit, w, atol=1e-6) and torch.allclose(b_fit, b, atol=1e-6)
+    assert refit_error(stats, w_fit, b_fit) < 1e-12
+
+
+def test_refit_error_and_intercept_match_a_direct_computation():
+    torch.manual_seed(1)
+    a, t = torch.randn(2, 600, 5, dtype=torch.float64), torch.randn(2, 600, 3, dtype=torch.float64) + 1.0
+    stats = _stats(a, t)
+    w = torch.randn(2, 3, 5, dtype=torch.float64)
+    b = best_intercept(stats, w)
+    residual = a @ w.transpose(1, 2) + b[:, None, :] - t
+    assert torch.allclose(residual.mean(1), torch.zeros(2, 3, dtype=torch.float64), atol=1e-12)  # no mean error
+    direct = residual.pow(2).sum() / (t - t.mean(1, keepdim=True)).pow(2).sum()
+    assert refit_error(stats, w, b) == pytest.approx(float(direct), rel=1e-9)
+    # the least-squares fit leaves less than any other weights
+    assert refit_error(stats, *solve_refit(stats)) < refit_error(stats, w, b)
+
+
+@pytest.mark.parametrize(
+    "layer, shape",
+    [
+        (nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2), (2, 4, 9, 9)),
+        (nn.Conv2d(3, 5, (1, 3), dilation=2, padding=(0, 2)), (2, 3, 8, 8)),
+        (nn.Conv2d(4, 4, 3, padding=1, groups=4), (2, 4, 6, 6)),
+        (nn.Linear(6, 3), (2, 5, 6)),
+    ],
+)
+def test_rows_and_targets_are_what_the_weight_multiplies(layer, shape):
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        y = layer(x) - (layer.bias.reshape(-1, *([1] * (x.ndim - 2))) if isinstance(layer, nn.Conv2d) else layer.bias)
+    a, t = _rows(layer, x), _targets(layer, y)
+    g = a.shape[0]
+    w = layer.weight.detach().reshape(g, layer.weight.shape[0] // g, -1)
+    assert torch.allclose(a @ w.transpose(1, 2), t, atol=1e-5)
+
+
+class _Net(nn.Module):
+    """conv-BN-ReLU, a residual block (its last BN added to a 1x1-conv shortcut), pooling and a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.block = nn.Module()
+        self.block.conv1, self.block.bn1 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.block.conv2, self.block.bn2 = nn.Conv2d(8, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12)
+        self.block.short = nn.Conv2d(8, 12, 1)
+        self.block.forward = self._block
+        self.head = nn.Linear(12, 5)
+
+    def _block(self, x):
+        b = self.block
+        return F.relu(b.bn2(b.conv2(F.relu(b.bn1(b.conv1(x))))) + b.short(x))
+
+    def forward(self, x):
+        return self.head(self.block(F.relu(self.bn0(self.stem(x)))).mean((2, 3)))
+
+
+def _net():
+    torch.manual_seed(0)
+    net = _Net()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5), nn.init.uniform_(m.bias, -0.5, 0.5)
+            nn.init.uniform_(m.running_var, 0.5, 2.0), nn.init.uniform_(m.running_mean, -0.5, 0.5)
+    return net.eval()
+
+
+NAMES = ["stem", "block.conv1", "block.conv2", "block.short", "head"]
+NORMS = {"stem": "bn0", "block.conv1": "block.bn1", "block.conv2": "block.bn2"}
+
+
+def _refit(work, net, x, names=NAMES, residuals=None, requantize=lambda *a: None):
+    norms = {n: (work.get_submodule(b), net.get_submodule(b)) for n, b in NORMS.items()}
+    return refit_layers(work, net, names, x, {}, norms, requantize, residuals)
+
+
+def test_refitting_every_layer_restores_a_perturbed_copy():
+    # each layer's target is a linear function of its own input once the layers before it are restored: exact
+    net = _net()
+
+    def perturbed():
+        work = copy.deepcopy(net)
+        with torch.no_grad():
+            for p in work.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+            for b in NORMS.values():
+                work.get_submodule(b).running_mean.add_(0.5)
+        return work
+
+    work, x = perturbed(), torch.randn(64, 3, 8, 8)
+    with torch.no_grad():
+        before = (work(x) - net(x)).pow(2).mean()
+    errors, skipped = _refit(work, net, x)
+    with torch.no_grad():
+        after = (work(x) - net(x)).pow(2).mean()
+    assert skipped == [] and set(errors) == set(NAMES) and max(errors.values()) < 1e-4
+    assert after < 1e-4 * before
+    for b in NORMS.values():  # the BN statistics are the original's again (the intercept aside)
+        assert torch.equal(work.get_submodule(b).running_var, net.get_submodule(b).running_var)
+    # 8 images: the head has 8 samples for 13 inputs, fewer than 4 per input, and keeps its weights
+    work = perturbed()
+    head = work.head.weight.detach().clone()
+    errors, skipped = _refit(work, net, x[:8])
+    assert skipped == ["head"] and "head" not in errors and torch.equal(work.head.weight, head)
+
+
+def test_the_residual_target_repairs_what_the_shortcut_changed():
+    # the shortcut conv is left perturbed (not refitted); with the residual known, conv2 absorbs its drift
+    net, x = _net(), torch.randn(64, 3, 8, 8)
+    names = ["stem", "block.conv1", "block.conv2"]
+
+    def block_error(residuals):
+        work = copy.deepcopy(net)
+        with torch.no_grad():
+            work.block.short.weight.add_(0.2 * torch.randn_like(work.block.short.weight))
+        _refit(work, net, x, names, residuals)
+        with torch.no_grad():
+            stem = F.relu(net.bn0(net.stem(x)))
+            b, w = net.block, work.block
+            pre = lambda m, bb: bb.bn2(bb.conv2(F.relu(bb.bn1(bb.conv1(stem))))) + bb.short(stem)  # noqa: E731
+            return float((pre(None, w) - pre(None, b)).pow(2).mean())
+
+    plain, aware = block_error(None), block_error({"block.conv2": ("block", "block.short")})
+    assert aware < 0.2 * plain, (aware, plain)
+
+
+def test_distilled_images_match_the_bn_statistics_and_leave_the_model_alone():
+    # BN statistics of images unlike the standard-normal start (mean 1, std 0.5): reachable, and far at first
+    net = _net().train()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    with torch.no_grad():
+        for _ in range(4):
+            net(1.0 + 0.5 * torch.randn(32, 3, 8, 8))
+    state = copy.deepcopy(net.state_dict())
+    x, first, last = distill_images(net, (3, 8, 8), 16, steps=150)
+    assert x.shape == (16, 3, 8, 8) and last < 0.05 * first
+    assert net.training and all(p.grad is None for p in net.parameters())
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
+    again, *_ = distill_images(net, (3, 8, 8), 16, steps=150)  # the same weights: the kept result
+    assert torch.equal(again, x)
+    net.head.bias.data.add_(1.0)
+    other, *_ = distill_images(net, (3, 8, 8), 16, steps=150, seed=1)
+    assert not torch.equal(other, x)
+
+
+def test_refit_distilled_end_to_end(monkeypatch, tmp_path):
+    monkeypatch.setattr(udfc_hub.engine, "DISTILL_STEPS", 100)
+    model = _calibrated("resnet18")
+    plain = udfc_hub.compress(model, prune_ratio=0.5, bits=4, input_size=(3, 64, 64))
+    refit = udfc_hub.compress(model, prune_ratio=0.5, bits=4, refit="distilled", input_size=(3, 64, 64))
+    notes = [n for n in refit.report.notes if n.startswith("refit='distilled'")]
+    assert len(notes) == 2 and "16 images distilled" in notes[0] and "100 steps" in notes[0]
+    assert "layer(s) refitted on the distilled images" in notes[1]
+    # the artifact holds the refitted codes: a save / load round trip gives the same logits
+    folder = udfc_hub.save_pretrained(refit, tmp_path / "m")
+    loaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), refit.model(x))
+        # on Gaussian images, which these BN statistics describe, the refitted model is closer to the original
+        gauss = torch.randn(64, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+        y = model(gauss)
+        err = {k: float((r.model(gauss) - y).pow(2).mean()) for k, r in (("plain", plain), ("refit", refit))}
+    assert err["refit"] < err["plain"], err
+    shapes = {n: q.codes.shape for n, q in plain.quantized.items()}
+    assert {n: q.codes.shape for n, q in refit.quantized.items()} == shapes
+
+
+def test_refit_without_batchnorm_says_so_and_changes_nothing():
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=10).eval()
+    refit = udfc_hub.compress(model, prune_ratio=0.0, bits=4, refit="distilled")
+    plain = udfc_hub.compress(model, prune_ratio=0.0, bits=4)
+    assert any("refit='distilled' has nothing to distil images from" in n for n in refit.report.notes)
+    assert all(torch.equal(plain.quantized[n].codes, refit.quantized[n].codes) for n in plain.quantized)
