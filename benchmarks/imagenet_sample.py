@@ -31,12 +31,14 @@ PRUNE_VARIANTS = [
     ("udfc+ moments", dict(criterion="moments", layer_ratios="uniform")),
     ("udfc+", dict()),  # the default: criterion and layer_ratios "moments"
     ("udfc+, probe rounding", dict(rounding="probe")),  # 6-bit only (rounding needs bits)
+    ("udfc+, distilled refit", dict(refit="distilled")),  # every layer refitted on images distilled from the BNs
 ]
 # quantization rows beyond the plain methods (per-channel scales only)
 EXTRA_METHODS = {
     "udfc+ mixed": dict(method="udfc+", bit_widths="mixed"),
     "udfc+ rounding": dict(method="udfc+", rounding="probe"),
     "udfc+ mixed rounding": dict(method="udfc+", bit_widths="mixed", rounding="probe"),
+    "udfc+ refit": dict(method="udfc+", refit="distilled"),
 }
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +57,13 @@ def main(argv=None) -> None:
         type=int,
         default=[4, 6],
         help="bits of the udfc+ rows with rounding='probe' (uniform and mixed; per-channel scales)",
+    )
+    ap.add_argument(
+        "--refit-bits",
+        nargs="*",
+        type=int,
+        default=[4],
+        help="bits of the udfc+ rows with refit='distilled' (per-channel scales)",
     )
     ap.add_argument("--limit", type=int, help="N evenly spaced images only (smoke runs)")
     ap.add_argument("--prune-ratio", type=float, default=0.3, help="for the pruning rows (0: none)")
@@ -100,6 +109,8 @@ def main(argv=None) -> None:
             extra = ["udfc+ mixed"] if args.mixed and gran == "channel" else []
             if gran == "channel" and bits in args.rounding_bits:
                 extra += ["udfc+ rounding"] + (["udfc+ mixed rounding"] if args.mixed else [])
+            if gran == "channel" and bits in args.refit_bits:
+                extra += ["udfc+ refit"]
             for method in args.methods + extra:
                 old = earlier.get((method, bits, gran))
                 if old is not None and old["n"] == fp["n"]:

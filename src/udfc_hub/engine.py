@@ -57,7 +57,7 @@ from .ops import (
 from .ops.activations import image_range
 from .ops.rounding import MAX_INPUTS
 from .probe import has_batchnorm, probe_activation_ranges, probe_statistics
-from .profile import default_input_size, profile_model
+from .profile import default_input_size, input_device_dtype, profile_model
 from .report import CompressionReport, CompressionResult, LayerReport
 from .steps import (
     PrunePlan,
@@ -123,12 +123,16 @@ def compress(
     start = time.perf_counter()
     spec = describe_model(model)
     before = profile_model(model, input_size)
-    work = copy.deepcopy(model)
+    # the solves run on the CPU (a model on an accelerator is copied there, and the result moved back); only the
+    # distillation of refit="distilled" runs where the model is
+    device = input_device_dtype(model)[0]
+    source = model if device.type == "cpu" else copy.deepcopy(model).cpu()
+    work = copy.deepcopy(source)
     notes = list(spec.notes)
-    distilled = _distill(work, cfg, input_size, notes)  # from the copy before anything changes it
+    distilled = _distill(model, cfg, input_size, notes)
     n_keep = allocate_widths(work, spec, cfg) if cfg.prune_ratio > 0 else {}
     means, correlations, covariances = _probe(work, spec, cfg, n_keep, input_size, notes)
-    run = _Pass(work, model, spec, cfg, means, n_keep, correlations, covariances)
+    run = _Pass(work, source, spec, cfg, means, n_keep, correlations, covariances)
     if cfg.bits is not None and cfg.bit_widths == "mixed":
         run.layer_bits = allocate_layer_bits(work, spec, cfg)
         notes.append(_mixed_note(run.layer_bits, cfg.bits))
@@ -158,7 +162,7 @@ def compress(
         seconds=time.perf_counter() - start,
         notes=notes + run.finish(),
     )
-    return CompressionResult(model=work, report=report, quantized=run.quantized, spec=spec)
+    return CompressionResult(model=work.to(device), report=report, quantized=run.quantized, spec=spec)
 
 
 def _first_non_finite(model: nn.Module) -> str | None:
@@ -264,9 +268,10 @@ def _distill(model: nn.Module, cfg: CompressionConfig, input_size, notes: list[s
     size = tuple(input_size) if input_size is not None else default_input_size(model)
     n = distilled_batch_size(size)
     images, first, last = distill_images(model, size, n, DISTILL_STEPS)
+    images = images.cpu()  # the refit runs where the solves do
     notes.append(
-        f"refit='distilled': {n} images distilled from the BatchNorm statistics in {DISTILL_STEPS} steps (summed "
-        f"squared gap to the recorded means and stds {first:.3g} -> {last:.3g})"
+        f"refit='distilled': {n} images distilled from the BatchNorm statistics in {DISTILL_STEPS} steps (gap to "
+        f"the recorded means and stds, in units of the recorded stds: {first:.3g} -> {last:.3g})"
     )
     return images
 
