@@ -208,3 +208,9 @@ def test_refit_without_batchnorm_says_so_and_changes_nothing():
     plain = udfc_hub.compress(model, prune_ratio=0.0, bits=4)
     assert any("refit='distilled' has nothing to distil images from" in n for n in refit.report.notes)
     assert all(torch.equal(plain.quantized[n].codes, refit.quantized[n].codes) for n in plain.quantized)
+
+
+def test_batchnorm_without_running_statistics_has_nothing_to_distil():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False), nn.ReLU())
+    with pytest.raises(udfc_hub.InvalidArgumentError, match="needs BatchNorm layers with running statistics"):
+        distill_images(net, (3, 8, 8), 4, steps=2)

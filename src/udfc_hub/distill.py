@@ -20,11 +20,19 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
+from .errors import InvalidArgumentError
 from .ops.refit import RefitStats, best_intercept, refit_error, solve_refit
 from .probe import _patches, input_device_dtype
 from .surgery import set_param
 
-__all__ = ["DISTILL_STEPS", "MIN_ROWS_PER_INPUT", "distill_images", "refit_layers", "distilled_batch_size"]
+__all__ = [
+    "DISTILL_STEPS",
+    "MIN_ROWS_PER_INPUT",
+    "distill_images",
+    "distilled_batch_size",
+    "recorded_norms",
+    "refit_layers",
+]
 
 DISTILL_STEPS = 1000  # Adam steps of the BN-statistics inversion
 DISTILL_LR = 0.1
@@ -57,7 +65,12 @@ def distill_images(
     if key in _CACHE:
         images, first, last = _CACHE[key]
         return images.clone(), first, last
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is not None]
+    norms = recorded_norms(model)
+    if not norms:
+        raise InvalidArgumentError(
+            "distill_images needs BatchNorm layers with running statistics (track_running_stats=True); this model "
+            "has none to distil images from."
+        )
     device, dtype = input_device_dtype(model)
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn((n, *input_size), generator=generator).to(device=device, dtype=dtype).requires_grad_(True)
@@ -102,6 +115,11 @@ def distill_images(
 
 
 _CACHE: dict[tuple, tuple[torch.Tensor, float, float]] = {}
+
+
+def recorded_norms(model: nn.Module) -> list[nn.Module]:
+    """The BatchNorms of ``model`` that recorded running statistics in training."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is not None]
 
 
 def _fingerprint(model: nn.Module) -> str:
@@ -258,7 +276,7 @@ class _Refit:
         pair = self.norms.get(name)
         has_intercept = pair is not None or module.bias is not None
         w, _ = solve_refit(stats, intercept=has_intercept)
-        set_param(module, "weight", w.reshape(module.weight.shape))
+        set_param(module, "weight", w.reshape(module.weight.shape).to(module.weight))
         self.requantize(name, module, stats)
         wq = module.weight.detach().reshape(w.shape)
         b = best_intercept(stats, wq) if has_intercept else torch.zeros(w.shape[:2], dtype=torch.float64)

@@ -37,7 +37,14 @@ from .config import (
     CompressionConfig,
 )
 from .dataflow import OUTPUT_BITS, plan_int8_flow
-from .distill import DISTILL_STEPS, MIN_ROWS_PER_INPUT, distill_images, distilled_batch_size, refit_layers
+from .distill import (
+    DISTILL_STEPS,
+    MIN_ROWS_PER_INPUT,
+    distill_images,
+    distilled_batch_size,
+    recorded_norms,
+    refit_layers,
+)
 from .errors import InvalidArgumentError, UdfcError
 from .ops import (
     MAX_BITS,
@@ -262,7 +269,7 @@ def _distill(model: nn.Module, cfg: CompressionConfig, input_size, notes: list[s
     a note; None (and a note) for a model without BatchNorm."""
     if cfg.refit != "distilled":
         return None
-    if not has_batchnorm(model):
+    if not recorded_norms(model):
         notes.append("no BatchNorm statistics in this model: refit='distilled' has nothing to distil images from")
         return None
     size = tuple(input_size) if input_size is not None else default_input_size(model)
@@ -399,7 +406,7 @@ class _Pass:
     def refit(self, images: torch.Tensor) -> str:
         """``refit="distilled"``: every layer refitted on the distilled images (``distill.refit_layers``);
         returns the report's note."""
-        names = [name for name in self.layers]
+        names = list(self.layers)
         norms = {}
         for name in names:
             layer = self.layers[name]
