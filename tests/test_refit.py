@@ -183,7 +183,7 @@ def test_refit_distilled_end_to_end(monkeypatch, tmp_path):
     monkeypatch.setattr(udfc_hub.engine, "DISTILL_STEPS", 100)
     model = _calibrated("resnet18")
     plain = udfc_hub.compress(model, prune_ratio=0.5, bits=4, input_size=(3, 64, 64))
-    refit = udfc_hub.compress(model, prune_ratio=0.5, bits=4, refit="distilled", input_size=(3, 64, 64))
+    refit = udfc_hub.compress(model, prune_ratio=0.5, bits=4, refit="distilled", input_size=(3, 64, 64), progress=True)
     notes = [n for n in refit.report.notes if n.startswith("refit='distilled'")]
     assert len(notes) == 2 and "16 images distilled" in notes[0] and "100 steps" in notes[0]
     assert "layer(s) refitted on the distilled images" in notes[1]

@@ -53,14 +53,15 @@ def distill_images(
     steps: int = DISTILL_STEPS,
     seed: int = 0,
     lr: float = DISTILL_LR,
+    progress: bool = False,
 ) -> tuple[torch.Tensor, float, float]:
     """``n`` inputs of ``input_size`` on which every BatchNorm of ``model`` (in eval mode: its running statistics
     are used, and never changed) sees the mean and standard deviation it recorded. Adam with a cosine schedule on
     the gaps, each channel's squared in units of its recorded variance, averaged per BN and summed over the BNs
     (so that every layer counts, whatever its scale), from standard-normal noise (seed ``seed``). Only the images
     get gradients: the model's parameters and their ``.grad`` are left alone. The last result is kept for a model
-    with the same weights and arguments (a sweep over settings distils once). Returns (images, initial loss,
-    final loss)."""
+    with the same weights and arguments (a sweep over settings distils once). ``progress``: a progress bar over
+    the steps. Returns (images, initial loss, final loss)."""
     key = (_fingerprint(model), tuple(input_size), n, steps, seed, lr)
     if key in _CACHE:
         images, first, last = _CACHE[key]
@@ -74,6 +75,22 @@ def distill_images(
     device, dtype = input_device_dtype(model)
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn((n, *input_size), generator=generator).to(device=device, dtype=dtype).requires_grad_(True)
+    was_training = model.training
+    try:
+        model.eval()
+        first, last = _invert(model, norms, x, steps, lr, progress)
+    finally:
+        model.train(was_training)
+    _CACHE.clear()
+    _CACHE[key] = (x.detach(), first, last)
+    return x.detach().clone(), first, last
+
+
+_CACHE: dict[tuple, tuple[torch.Tensor, float, float]] = {}
+
+
+def _invert(model, norms, x, steps: int, lr: float, progress: bool) -> tuple[float, float]:
+    """Adam on ``x`` (in place) against the BN gaps; the losses before the first and after the last step."""
     gaps: list[torch.Tensor] = []
 
     def record(module, inputs):
@@ -84,37 +101,33 @@ def distill_images(
         gap = (mean - module.running_mean) ** 2 + (std - ref) ** 2
         gaps.append((gap / ref**2).mean())
 
-    was_training = model.training
+    def loss() -> torch.Tensor:
+        gaps.clear()
+        model(x)
+        return torch.stack(gaps).sum()
+
     handles = [m.register_forward_pre_hook(record) for m in norms]
     opt = torch.optim.Adam([x], lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
-    first = last = float("nan")
+    first = float("nan")
+    steps_done = range(steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps_done = tqdm(steps_done, desc="distilling images", unit="step")
     try:
-        model.eval()
-        for step in range(steps + 1):
-            gaps.clear()
-            with torch.enable_grad():
-                model(x)
-                loss = torch.stack(gaps).sum()
-                if step == steps:  # the loss of the images returned
-                    last = float(loss.detach())
-                    break
-                (grad,) = torch.autograd.grad(loss, [x])
-            if step == 0:
-                first = float(loss.detach())
-            x.grad = grad
-            opt.step()
-            schedule.step()
+        with torch.enable_grad():
+            for step in steps_done:
+                value = loss()
+                (x.grad,) = torch.autograd.grad(value, [x])
+                first = float(value.detach()) if step == 0 else first
+                opt.step()
+                schedule.step()
+            last = float(loss().detach())  # the loss of the images returned
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
-    _CACHE.clear()
-    _CACHE[key] = (x.detach(), first, last)
-    return x.detach().clone(), first, last
-
-
-_CACHE: dict[tuple, tuple[torch.Tensor, float, float]] = {}
+    return (last if steps == 0 else first), last
 
 
 def recorded_norms(model: nn.Module) -> list[nn.Module]:

@@ -110,7 +110,7 @@ def compress(
         model: a supported model (see ``udfc_hub.adapters``); it is never modified.
         config: a ``udfc_hub.CompressionConfig``; default: its defaults (udfc+, 30 % pruning, 6-bit weights).
         input_size: (C, H, W) for counting MACs; default: the model's timm ``pretrained_cfg``.
-        progress: show a progress bar over layers.
+        progress: show a progress bar over layers (and over the distillation's steps with ``refit="distilled"``).
         **options: any option of ``CompressionConfig``, overriding ``config``: ``prune_ratio`` (in [0, 1)),
             ``bits`` (2..8, or None for float weights), ``method`` (``"udfc+"``, ``"udfc"``, ``"nm"``,
             ``"prune"``, ``"rtn"``), ``criterion``, ``granularity``, ``fit``, ``nonnegative``,
@@ -136,7 +136,7 @@ def compress(
     source = model if device.type == "cpu" else copy.deepcopy(model).cpu()
     work = copy.deepcopy(source)
     notes = list(spec.notes)
-    distilled = _distill(model, cfg, input_size, notes)
+    distilled = _distill(model, cfg, input_size, notes, progress)
     n_keep = allocate_widths(work, spec, cfg) if cfg.prune_ratio > 0 else {}
     means, correlations, covariances = _probe(work, spec, cfg, n_keep, input_size, notes)
     run = _Pass(work, source, spec, cfg, means, n_keep, correlations, covariances)
@@ -264,7 +264,7 @@ def _probe(model, spec: ModelSpec, cfg: CompressionConfig, n_keep, input_size, n
     return means, found, covariances
 
 
-def _distill(model: nn.Module, cfg: CompressionConfig, input_size, notes: list[str]):
+def _distill(model: nn.Module, cfg: CompressionConfig, input_size, notes: list[str], progress: bool = False):
     """``refit="distilled"``: images distilled from the BatchNorm statistics (``distill.distill_images``), with
     a note; None (and a note) for a model without BatchNorm."""
     if cfg.refit != "distilled":
@@ -274,7 +274,7 @@ def _distill(model: nn.Module, cfg: CompressionConfig, input_size, notes: list[s
         return None
     size = tuple(input_size) if input_size is not None else default_input_size(model)
     n = distilled_batch_size(size)
-    images, first, last = distill_images(model, size, n, DISTILL_STEPS)
+    images, first, last = distill_images(model, size, n, DISTILL_STEPS, progress=progress)
     images = images.cpu()  # the refit runs where the solves do
     notes.append(
         f"refit='distilled': {n} images distilled from the BatchNorm statistics in {DISTILL_STEPS} steps (gap to "
