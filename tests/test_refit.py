@@ -1,6 +1,7 @@
 """refit="distilled": images distilled from the BN statistics and the layer-by-layer least-squares refit."""
 
 import copy
+import json
 
 import pytest
 import timm
@@ -189,6 +190,8 @@ def test_refit_distilled_end_to_end(monkeypatch, tmp_path):
     assert "layer(s) refitted on the distilled images" in notes[1]
     # the artifact holds the refitted codes: a save / load round trip gives the same logits
     folder = udfc_hub.save_pretrained(refit, tmp_path / "m")
+    assert json.loads((folder / "config.json").read_text())["udfc"]["compression"]["refit"] == "distilled"
+    assert "refitted by least squares" in (folder / "README.md").read_text()  # the card does not say closed form only
     loaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
     x = torch.randn(4, 3, 64, 64)
     with torch.no_grad():

@@ -72,6 +72,11 @@ _METHOD_TEXT = {
     "rtn": "No compensation was applied (a baseline).",
 }
 
+_REFIT_TEXT = (
+    " Every layer was then refitted by least squares, in forward order, to reproduce the base model's layer outputs "
+    "on images distilled from its BatchNorm statistics (noise optimised to match them; no real images were used)."
+)
+
 
 def _quantization_done(manifest: Manifest, settings: dict) -> list[str]:
     bits, act = settings["bits"], manifest.act_bits
@@ -175,7 +180,8 @@ def render_card(
     card = ModelCard.from_template(
         data,
         template_str=card_template(),
-        method_description=_METHOD_TEXT.get(settings.get("method"), _METHOD_TEXT["udfc"]),
+        method_description=_METHOD_TEXT.get(settings.get("method"), _METHOD_TEXT["udfc"])
+        + (_REFIT_TEXT if settings.get("refit") == "distilled" else ""),
         model_name=markdown_text(name),
         base_description=base_description,
         what_was_done=", ".join(done[:-1]) + " and " + done[-1] if len(done) > 1 else "".join(done),
