@@ -66,21 +66,29 @@ def test_recorded_settings_are_validated():
         Manifest.from_model_args(args)
 
 
-def test_format_1_timm_artifact_loads_with_identical_logits():
+def _same_logits(logits, recorded):
+    # recorded when the artifact was written, on another machine: float32 convolutions sum in the order of that
+    # CPU's kernels (AVX2 vs AVX-512 here), so the last bits may differ (seen: 21.1171 vs 21.1170); the weights
+    # themselves are read exactly (test_resaving_a_format_1_artifact_writes_the_same_files)
+    torch.testing.assert_close(logits, recorded, rtol=1e-5, atol=1e-4)
+    assert torch.equal(logits.argmax(1), recorded.argmax(1))
+
+
+def test_format_1_timm_artifact_loads_with_the_recorded_logits():
     io = load_file(str(TIMM_V1.parent / (TIMM_V1.name + ".io.safetensors")))
     udfc_hub.check_artifact(TIMM_V1)
     model = timm.create_model(f"local-dir:{TIMM_V1}", pretrained=True).eval()
     with torch.no_grad():
-        assert torch.equal(model(io["x"]), io["logits"])
+        _same_logits(model(io["x"]), io["logits"])
     assert model.udfc_manifest.base_architecture == "cifar_resnet20"
 
 
-def test_format_1_transformers_artifact_loads_with_identical_logits():
+def test_format_1_transformers_artifact_loads_with_the_recorded_logits():
     io = load_file(str(HF_V1.parent / (HF_V1.name + ".io.safetensors")))
     udfc_hub.check_artifact(HF_V1)
     model = AutoModelForImageClassification.from_pretrained(HF_V1).eval()
     with torch.no_grad():
-        assert torch.equal(model(io["x"]).logits, io["logits"])
+        _same_logits(model(io["x"]).logits, io["logits"])
 
 
 def test_resaving_a_format_1_artifact_writes_the_same_files(tmp_path):
