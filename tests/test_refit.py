@@ -149,10 +149,12 @@ def test_the_residual_target_repairs_what_the_shortcut_changed():
             work.block.short.weight.add_(0.2 * torch.randn_like(work.block.short.weight))
         _refit(work, net, x, names, residuals)
         with torch.no_grad():
-            stem = F.relu(net.bn0(net.stem(x)))
-            b, w = net.block, work.block
-            pre = lambda m, bb: bb.bn2(bb.conv2(F.relu(bb.bn1(bb.conv1(stem))))) + bb.short(stem)  # noqa: E731
-            return float((pre(None, w) - pre(None, b)).pow(2).mean())
+            stem = F.relu(net.bn0(net.stem(x)))  # the refitted stem reproduces it (exactly, but for the ridge)
+
+            def before_relu(block):  # the block's sum, before its last ReLU
+                return block.bn2(block.conv2(F.relu(block.bn1(block.conv1(stem))))) + block.short(stem)
+
+            return float((before_relu(work.block) - before_relu(net.block)).pow(2).mean())
 
     plain, aware = block_error(None), block_error({"block.conv2": ("block", "block.short")})
     assert aware < 0.2 * plain, (aware, plain)
