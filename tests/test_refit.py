@@ -219,3 +219,17 @@ def test_batchnorm_without_running_statistics_has_nothing_to_distil():
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False), nn.ReLU())
     with pytest.raises(udfc_hub.InvalidArgumentError, match="needs BatchNorm layers with running statistics"):
         distill_images(net, (3, 8, 8), 4, steps=2)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnet26d", "cifar_resnet20"])
+def test_resnet_adapters_mark_each_blocks_last_layer_with_its_shortcut(name):
+    model = timm.create_model(name)
+    marked = {layer.name: layer.residual for layer in udfc_hub.describe_model(model).layers if layer.residual}
+    blocks = [n for n, m in model.named_modules() if n.count(".") == 1 and n.startswith("layer")]
+    last = "conv3" if name in ("resnet50", "resnet26d") else "conv2"
+    assert sorted(marked) == sorted(f"{b}.{last}" for b in blocks)
+    for layer, (block, shortcut) in marked.items():
+        assert layer.startswith(block + ".")
+        module = model.get_submodule(block)
+        expected = getattr(module, "downsample", None) if name.startswith("resnet") else module.shortcut
+        assert (model.get_submodule(shortcut) if shortcut else None) is expected
