@@ -89,6 +89,19 @@ def test_method_options_reach_the_artifact(ckpt, tmp_path):
     assert proc.returncode == 2 and "fit applies to method udfc or udfc+ only" in proc.stderr
 
 
+def test_refit_flag_reaches_the_artifact_and_the_summary(ckpt, tmp_path, monkeypatch):
+    import udfc_hub.engine
+
+    monkeypatch.setattr(udfc_hub.engine, "DISTILL_STEPS", 5)  # in process: the flag's path, not its accuracy
+    args = ("--prune", "0.5", "--bits", "4", "--refit", "distilled", "--out", tmp_path / "r", "--json", "--quiet")
+    proc = run("compress", "cifar_resnet20", "--checkpoint", ckpt, *args)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["udfc"]["compression"]["refit"] == "distilled"
+    assert any("layer(s) refitted on the distilled images" in n for n in json.loads(proc.stdout)["notes"])
+    proc = run("compress", "cifar_resnet20", "--checkpoint", ckpt, "--refit", "data", "--out", tmp_path / "s")
+    assert proc.returncode == 2 and "invalid choice: 'data'" in proc.stderr
+
+
 def test_eval_a_saved_folder(saved):
     out, summary = saved
     proc = run("eval", out, "--data", require(CIFAR_LOSSLESS), "--json", "--quiet")

@@ -457,6 +457,7 @@ def cmd_compress(args) -> dict[str, Any]:
         "eval_before": before,
         "eval_after": after,
         "compress_seconds": round(rep.seconds, 3),
+        "notes": list(rep.notes),
     }
 
 
