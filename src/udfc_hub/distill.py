@@ -13,7 +13,6 @@ upstream; a quantized layer is quantized again right there, before the layers af
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -29,7 +28,6 @@ __all__ = [
     "DISTILL_STEPS",
     "MIN_ROWS_PER_INPUT",
     "distill_images",
-    "distilled_batch_size",
     "recorded_norms",
     "refit_layers",
 ]
@@ -37,13 +35,6 @@ __all__ = [
 DISTILL_STEPS = 1000  # Adam steps of the BN-statistics inversion
 DISTILL_LR = 0.1
 MIN_ROWS_PER_INPUT = 4  # a layer is refitted only with at least 4 samples (images x positions) per input it reads
-_TARGET_PIXELS = 1 << 16  # images x pixels distilled: 64 images at 32x32, 8 at 224x224 (the probe's batch)
-
-
-def distilled_batch_size(input_size: tuple[int, ...]) -> int:
-    """About 65k pixels, between 8 and 64 images (as the probe)."""
-    pixels = math.prod(input_size[1:]) if len(input_size) > 1 else 1
-    return max(8, min(64, round(_TARGET_PIXELS / max(pixels, 1))))
 
 
 def distill_images(

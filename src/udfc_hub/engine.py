@@ -41,7 +41,6 @@ from .distill import (
     DISTILL_STEPS,
     MIN_ROWS_PER_INPUT,
     distill_images,
-    distilled_batch_size,
     recorded_norms,
     refit_layers,
 )
@@ -63,7 +62,7 @@ from .ops import (
 )
 from .ops.activations import image_range
 from .ops.rounding import MAX_INPUTS
-from .probe import has_batchnorm, probe_activation_ranges, probe_statistics
+from .probe import has_batchnorm, probe_activation_ranges, probe_batch_size, probe_statistics
 from .profile import default_input_size, input_device_dtype, profile_model
 from .report import CompressionReport, CompressionResult, LayerReport
 from .steps import (
@@ -273,7 +272,7 @@ def _distill(model: nn.Module, cfg: CompressionConfig, input_size, notes: list[s
         notes.append("no BatchNorm statistics in this model: refit='distilled' has nothing to distil images from")
         return None
     size = tuple(input_size) if input_size is not None else default_input_size(model)
-    n = distilled_batch_size(size)
+    n = probe_batch_size(size)  # as many images as the probe: 64 at 32x32, 8 at 224x224
     images, first, last = distill_images(model, size, n, DISTILL_STEPS, progress=progress)
     images = images.cpu()  # the refit runs where the solves do
     notes.append(
