@@ -6,7 +6,7 @@ UDFC 72.00; 6-bit quantization only: 82.79. udfc+ (benchmarks/results/cifar10_pl
 image (2,500, 250 per class: the file is sorted by class), the float model too, against its own number there:
 FP 83.16; prune 62.72, UDFC 71.60; 6-bit 82.52; NM 69.64, udfc+ 77.12, 30 % + 4-bit 76.76, 4-bit only 82.52;
 3-bit only 80.08, with rounding="probe" 81.84 (measured; every margin below holds as on all 10,000). cifar_resnet20
-(FP 81.44 there), 50 % + 4-bit: 47.04, with refit="distilled" at 100 distillation steps 55.76 (200: 56.40).
+(FP 81.44 there), 50 % + 4-bit: 47.04, with refit="distilled" at 100 distillation steps 55.44.
 Slow (about a minute): marked, and still run in CI.
 """
 
@@ -77,7 +77,7 @@ def test_rounding_with_feedback_beats_nearest_at_three_bits(resnet56, subset):
 
 def test_refit_on_distilled_images_repairs_heavy_pruning(subset, monkeypatch):
     # ResNet-20 (a third of ResNet-56's cost) and 100 distillation steps instead of 1,000, to keep CI's time;
-    # measured 47.04 -> 55.76 (ResNet-56 at 1,000 steps, all 10,000 images: 59.56 -> 71.83)
+    # measured 47.04 -> 55.44 (ResNet-56 at 1,000 steps, all 10,000 images: 59.56 -> 72.18)
     path = require(CIFAR_WEIGHTS / "resnet20-12fca82f.th")
     model = timm.create_model("cifar_resnet20", checkpoint_path=str(path)).eval()
     monkeypatch.setattr(udfc_hub.engine, "DISTILL_STEPS", 100)

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import re
 
 import pytest
 import timm
@@ -47,6 +48,30 @@ def test_refit_error_and_intercept_match_a_direct_computation():
     assert refit_error(stats, w, b) == pytest.approx(float(direct), rel=1e-9)
     # the least-squares fit leaves less than any other weights
     assert refit_error(stats, *solve_refit(stats)) < refit_error(stats, w, b)
+
+
+def test_the_prior_is_the_minimiser_of_its_objective_and_fades_with_the_samples():
+    torch.manual_seed(2)
+    w_true, w0 = torch.randn(2, 3, 6, dtype=torch.float64), torch.randn(2, 3, 6, dtype=torch.float64)
+
+    def fit(n, **kw):
+        a = torch.randn(2, n, 6, dtype=torch.float64) + 0.5
+        t = a @ w_true.transpose(1, 2) + 1.0
+        stats = RefitStats(2, 6, 3)
+        stats.add(a, t)
+        return stats, solve_refit(stats, ridge=0.0, prior=w0, **kw)
+
+    stats, (w, b) = fit(10)
+    # E|A W^T + b - T|^2 + mu |W - w0|^2, mu = (d + 1) / n times the mean input variance: its gradient vanishes
+    ma, mt, cov, cross = stats.moments()
+    mu = 7 / 10 * cov.diagonal(dim1=1, dim2=2).mean(-1)
+    grad = w @ cov - cross.transpose(1, 2) + mu[:, None, None] * (w - w0)
+    assert grad.abs().max() < 1e-10 and torch.allclose(b, best_intercept(stats, w))
+    assert torch.allclose(fit(10, strength=0.0)[1][0], solve_refit(fit(10, strength=0.0)[0], ridge=0.0)[0])
+    assert torch.allclose(fit(10, strength=1e12)[1][0], w0, atol=1e-8)  # all prior
+    # exact targets: the prior's pull fades as the samples grow
+    gaps = [(fit(n)[1][0] - w_true).abs().max() for n in (10, 100, 10_000)]
+    assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 1e-2
 
 
 @pytest.mark.parametrize(
@@ -108,7 +133,7 @@ def _refit(work, net, x, names=NAMES, residuals=None, requantize=lambda *a: None
     return refit_layers(work, net, names, x, {}, norms, requantize, residuals)
 
 
-def test_refitting_every_layer_restores_a_perturbed_copy():
+def test_refitting_every_layer_restores_a_perturbed_copy(monkeypatch):
     # each layer's target is a linear function of its own input once the layers before it are restored: exact
     net = _net()
 
@@ -124,18 +149,31 @@ def test_refitting_every_layer_restores_a_perturbed_copy():
     work, x = perturbed(), torch.randn(64, 3, 8, 8)
     with torch.no_grad():
         before = (work(x) - net(x)).pow(2).mean()
-    errors, skipped = _refit(work, net, x)
+    monkeypatch.setattr(udfc_hub.ops.refit, "PRIOR", 0.0)  # no pull towards the perturbed weights: exact
+    errors, sparse = _refit(work, net, x)
     with torch.no_grad():
         after = (work(x) - net(x)).pow(2).mean()
-    assert skipped == [] and set(errors) == set(NAMES) and max(errors.values()) < 1e-4
+    assert sparse == [] and set(errors) == set(NAMES) and max(errors.values()) < 1e-4
     assert after < 1e-4 * before
     for b in NORMS.values():  # the BN statistics are the original's again (the intercept aside)
         assert torch.equal(work.get_submodule(b).running_var, net.get_submodule(b).running_var)
-    # 8 images: the head has 8 samples for 13 inputs, fewer than 4 per input, and keeps its weights
-    work = perturbed()
-    head = work.head.weight.detach().clone()
-    errors, skipped = _refit(work, net, x[:8])
-    assert skipped == ["head"] and "head" not in errors and torch.equal(work.head.weight, head)
+    # 8 images: the head has 8 samples for 13 inputs, fewer than 4 per input, and leans on its weights: refitted,
+    # nearer the samples' targets than before, all the way to its weights under an overwhelming prior
+    for strength in (1.0, 1e12):
+        monkeypatch.setattr(udfc_hub.ops.refit, "PRIOR", strength)
+        work, x8 = perturbed(), x[:8]
+        _refit(work, net, x8, names=NAMES[:-1])
+        head = work.head.weight.detach().clone()
+        with torch.no_grad():
+            before = (work(x8) - net(x8)).pow(2).mean()
+            errors, sparse = _refit(work, net, x8, names=["head"])
+            after = (work(x8) - net(x8)).pow(2).mean()
+        assert sparse == ["head"] and set(errors) == {"head"}
+        moved = (work.head.weight - head).abs().max()
+        if strength == 1.0:
+            assert moved > 1e-2 and after < 0.5 * before
+        else:
+            assert moved < 1e-6
 
 
 def test_the_residual_target_repairs_what_the_shortcut_changed():
@@ -189,7 +227,9 @@ def test_refit_distilled_end_to_end(monkeypatch, tmp_path):
     refit = udfc_hub.compress(model, prune_ratio=0.5, bits=4, refit="distilled", input_size=(3, 64, 64), progress=True)
     notes = [n for n in refit.report.notes if n.startswith("refit='distilled'")]
     assert len(notes) == 2 and "16 images distilled" in notes[0] and "100 steps" in notes[0]
-    assert "layer(s) refitted on the distilled images" in notes[1]
+    # every layer refitted; those seen on too few samples (fc: 16 pooled rows for 512 inputs) lean on their weights
+    assert re.search(r"(\d+) of \1 layer\(s\) refitted on the distilled images", notes[1]), notes[1]
+    assert "leaned mostly on their compensated weights" in notes[1]
     # the artifact holds the refitted codes: a save / load round trip gives the same logits
     folder = udfc_hub.save_pretrained(refit, tmp_path / "m")
     assert json.loads((folder / "config.json").read_text())["udfc"]["compression"]["refit"] == "distilled"

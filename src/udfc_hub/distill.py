@@ -34,7 +34,7 @@ __all__ = [
 
 DISTILL_STEPS = 1000  # Adam steps of the BN-statistics inversion
 DISTILL_LR = 0.1
-MIN_ROWS_PER_INPUT = 4  # a layer is refitted only with at least 4 samples (images x positions) per input it reads
+MIN_ROWS_PER_INPUT = 4  # fewer samples (images x positions) per input read: the prior weights decide (a note says so)
 
 
 def distill_images(
@@ -177,8 +177,9 @@ def refit_layers(
     ``residuals[name] = (block, shortcut)``: the layer's BN output is added to ``shortcut(block input)`` (the block
     input itself when ``shortcut`` is None). Its target then also makes up for what the compressed shortcut
     branch changed, in the layer's pre-BN units (the sum after the addition is what the next blocks read).
-    Layers with fewer than ``MIN_ROWS_PER_INPUT`` samples per input they read keep their weights. Returns each
-    refitted layer's relative output error on the images (``ops.refit_error``) and the layers skipped."""
+    Each layer's solve leans on its current (compensated) weights as a prior (``ops.refit.solve_refit``), which
+    decides where the samples are few. Returns each layer's relative output error on the images
+    (``ops.refit_error``) and the layers with fewer than ``MIN_ROWS_PER_INPUT`` samples per input they read."""
     run = _Refit(work, original, kept_out, norms, requantize, residuals or {})
     was = original.training, work.training
     try:
@@ -191,7 +192,7 @@ def refit_layers(
     finally:
         original.train(was[0])
         work.train(was[1])
-    return run.errors, run.skipped
+    return run.errors, run.sparse
 
 
 class _Refit:
@@ -205,7 +206,7 @@ class _Refit:
         self.shortcut_out: dict[str, torch.Tensor] = {}  # the original model's shortcut output, per layer
         self.block_in: dict[str, torch.Tensor] = {}  # the compressed model's block input, per layer
         self.errors: dict[str, float] = {}
-        self.skipped: list[str] = []
+        self.sparse: list[str] = []
 
     @contextmanager
     def hooks(self, model, names, layer_hook, store, through_shortcut: bool):
@@ -247,13 +248,12 @@ class _Refit:
 
     def refit(self, name):
         def run(module, inputs):
-            if name in self.errors or name in self.skipped or name not in self.targets:
+            if name in self.errors or name not in self.targets:
                 return
             a = _rows(module, inputs[0].detach())
             t = _targets(module, self._target(name))
             if a.shape[1] < MIN_ROWS_PER_INPUT * (a.shape[2] + 1):
-                self.skipped.append(name)
-                return
+                self.sparse.append(name)
             stats = RefitStats(a.shape[0], a.shape[2], t.shape[2])
             stats.add(a, t)
             self._solve(name, module, stats)
@@ -279,7 +279,8 @@ class _Refit:
     def _solve(self, name: str, module: nn.Module, stats: RefitStats) -> None:
         pair = self.norms.get(name)
         has_intercept = pair is not None or module.bias is not None
-        w, _ = solve_refit(stats, intercept=has_intercept)
+        current = module.weight.detach().reshape(stats.at.shape[0], -1, stats.aa.shape[-1])
+        w, _ = solve_refit(stats, intercept=has_intercept, prior=current)
         set_param(module, "weight", w.reshape(module.weight.shape).to(module.weight))
         self.requantize(name, module, stats)
         wq = module.weight.detach().reshape(w.shape)

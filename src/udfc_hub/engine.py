@@ -412,16 +412,16 @@ class _Pass:
             if layer.norm:
                 norms[name] = (self.model.get_submodule(layer.norm), self.original.get_submodule(layer.norm))
         residuals = {layer.name: layer.residual for layer in self.layers.values() if layer.residual is not None}
-        errors, skipped = refit_layers(
+        errors, sparse = refit_layers(
             self.model, self.original, names, images, self.kept_out, norms, self._requantize, residuals
         )
         note = f"refit='distilled': {len(errors)} of {len(names)} layer(s) refitted on the distilled images"
         if errors:
             note += f" (mean relative output error there {sum(errors.values()) / len(errors):.3g})"
-        if skipped:
+        if sparse:
             note += (
-                f"; {len(skipped)} with fewer than {MIN_ROWS_PER_INPUT} samples per input kept their weights, e.g. "
-                + skipped[0]
+                f"; {len(sparse)} seen on fewer than {MIN_ROWS_PER_INPUT} samples per input leaned mostly on their "
+                "compensated weights, e.g. " + sparse[0]
             )
         return note
 

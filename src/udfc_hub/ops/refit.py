@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["RefitStats", "best_intercept", "refit_error", "solve_refit"]
+__all__ = ["PRIOR", "RIDGE", "RefitStats", "best_intercept", "refit_error", "solve_refit"]
 
 RIDGE = 1e-3  # times the mean input variance: keeps the solve defined where an input never varies
+PRIOR = 1.0  # the prior weights count as PRIOR x (inputs + 1) samples (see solve_refit)
 
 
 class RefitStats:
@@ -39,16 +40,33 @@ class RefitStats:
         return ma, mt, 0.5 * (cov + cov.transpose(1, 2)), cross
 
 
-def solve_refit(stats: RefitStats, ridge: float = RIDGE, intercept: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def solve_refit(
+    stats: RefitStats,
+    ridge: float = RIDGE,
+    intercept: bool = True,
+    prior: torch.Tensor | None = None,
+    strength: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The least-squares weights (groups, o, d) and intercepts (groups, o) of ``T ~ A W^T + b``, with a ridge of
     ``ridge`` times the mean input variance on W (none on b); ``intercept=False`` fits ``T ~ A W^T`` (b = 0).
-    Exact (up to the ridge) when T is such a function of A."""
+    Exact (up to the ridge) when T is such a function of A.
+
+    ``prior`` (groups, o, d): weights to lean on where the samples are few. The solution then minimises
+    ``E|A W^T + b - T|^2 + mu |W - prior|^2`` with ``mu = strength * (d + 1) / n`` times the mean input variance
+    (``strength`` defaults to ``PRIOR``):
+    the prior counts as much as ``strength * (d + 1)`` samples of that variance, so it decides a layer seen on
+    fewer samples than it has inputs and fades as the samples grow."""
     ma, mt, cov, cross = stats.moments()
+    n = max(stats.n, 1)
     if not intercept:  # the uncentred moments
-        n = max(stats.n, 1)
         cov, cross = 0.5 * (stats.aa + stats.aa.transpose(1, 2)) / n, stats.at / n
     d = cov.shape[-1]
-    lam = ridge * cov.diagonal(dim1=1, dim2=2).mean(-1).clamp(min=1e-30)
+    var = cov.diagonal(dim1=1, dim2=2).mean(-1).clamp(min=1e-30)
+    lam = ridge * var
+    if prior is not None:
+        mu = (PRIOR if strength is None else strength) * (d + 1) / n * var
+        lam = lam + mu
+        cross = cross + mu[:, None, None] * prior.to(cross).transpose(1, 2)
     eye = torch.eye(d, dtype=cov.dtype)
     w = torch.linalg.solve(cov + lam[:, None, None] * eye, cross).transpose(1, 2)  # (groups, o, d)
     b = best_intercept(stats, w) if intercept else torch.zeros_like(mt)
