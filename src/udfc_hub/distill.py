@@ -26,6 +26,8 @@ from .surgery import set_param
 
 __all__ = [
     "DISTILL_STEPS",
+    "JITTER",
+    "JITTER_MIN_SIDE",
     "MIN_ROWS_PER_INPUT",
     "distill_images",
     "recorded_norms",
@@ -34,6 +36,8 @@ __all__ = [
 
 DISTILL_STEPS = 1000  # Adam steps of the BN-statistics inversion
 DISTILL_LR = 0.1
+JITTER = 30 / 224  # the largest random shift per step, as a fraction of the image side (DeepInversion: 30 px at 224)
+JITTER_MIN_SIDE = 128  # by default smaller images are not shifted (CIFAR's 32x32: measured a loss, docs/method.md)
 MIN_ROWS_PER_INPUT = 4  # fewer samples (images x positions) per input read: the prior weights decide (a note says so)
 
 
@@ -45,15 +49,24 @@ def distill_images(
     seed: int = 0,
     lr: float = DISTILL_LR,
     progress: bool = False,
+    jitter: float | None = None,
 ) -> tuple[torch.Tensor, float, float]:
     """``n`` inputs of ``input_size`` on which every BatchNorm of ``model`` (in eval mode: its running statistics
     are used, and never changed) sees the mean and standard deviation it recorded. Adam with a cosine schedule on
     the gaps, each channel's squared in units of its recorded variance, averaged per BN and summed over the BNs
-    (so that every layer counts, whatever its scale), from standard-normal noise (seed ``seed``). Only the images
-    get gradients: the model's parameters and their ``.grad`` are left alone. The last result is kept for a model
-    with the same weights and arguments (a sweep over settings distils once). ``progress``: a progress bar over
-    the steps. Returns (images, initial loss, final loss)."""
-    key = (_fingerprint(model), tuple(input_size), n, steps, seed, lr)
+    (so that every layer counts, whatever its scale), from standard-normal noise (seed ``seed``). Each step sees the
+    batch shifted by a random offset of up to ``jitter`` times the image side (circularly) and, half the time,
+    mirrored (DeepInversion's image prior: the statistics must hold wherever the content sits, which makes the
+    images less like noise tuned to one position); the gaps returned are those of the unshifted batch. By
+    default (None): ``JITTER`` for images at least ``JITTER_MIN_SIDE`` pixels on their shorter side, else none.
+    Only the images get gradients: the model's parameters and their ``.grad`` are left alone. The last result is
+    kept for a model with the same weights and arguments (a sweep over settings distils once). ``progress``: a
+    progress bar over the steps. Returns (images, initial loss, final loss)."""
+    side = min(input_size[-2:]) if len(input_size) == 3 else 0
+    if jitter is None:
+        jitter = JITTER if side >= JITTER_MIN_SIDE else 0.0
+    shift = round(jitter * side)
+    key = (_fingerprint(model), tuple(input_size), n, steps, seed, lr, shift)
     if key in _CACHE:
         images, first, last = _CACHE[key]
         return images.clone(), first, last
@@ -69,7 +82,7 @@ def distill_images(
     was_training = model.training
     try:
         model.eval()
-        first, last = _invert(model, norms, x, steps, lr, progress)
+        first, last = _invert(model, norms, x, steps, lr, progress, shift, seed)
     finally:
         model.train(was_training)
     _CACHE.clear()
@@ -80,9 +93,18 @@ def distill_images(
 _CACHE: dict[tuple, tuple[torch.Tensor, float, float]] = {}
 
 
-def _invert(model, norms, x, steps: int, lr: float, progress: bool) -> tuple[float, float]:
-    """Adam on ``x`` (in place) against the BN gaps; the losses before the first and after the last step."""
+def _invert(model, norms, x, steps: int, lr: float, progress: bool, shift: int = 0, seed: int = 0):
+    """Adam on ``x`` (in place) against the BN gaps of randomly shifted (up to ``shift`` pixels) and mirrored
+    views of it; the losses (of ``x`` itself) before the first and after the last step."""
     gaps: list[torch.Tensor] = []
+    views = torch.Generator().manual_seed(seed + 1)
+
+    def view() -> torch.Tensor:
+        if shift == 0:
+            return x
+        dy, dx = torch.randint(-shift, shift + 1, (2,), generator=views).tolist()
+        v = torch.roll(x, (dy, dx), dims=(-2, -1))
+        return v.flip(-1) if torch.rand((), generator=views) < 0.5 else v
 
     def record(module, inputs):
         a = inputs[0]
@@ -92,9 +114,9 @@ def _invert(model, norms, x, steps: int, lr: float, progress: bool) -> tuple[flo
         gap = (mean - module.running_mean) ** 2 + (std - ref) ** 2
         gaps.append((gap / ref**2).mean())
 
-    def loss() -> torch.Tensor:
+    def loss(images: torch.Tensor) -> torch.Tensor:
         gaps.clear()
-        model(x)
+        model(images)
         return torch.stack(gaps).sum()
 
     handles = [m.register_forward_pre_hook(record) for m in norms]
@@ -109,12 +131,13 @@ def _invert(model, norms, x, steps: int, lr: float, progress: bool) -> tuple[flo
     try:
         with torch.enable_grad():
             for step in steps_done:
-                value = loss()
+                if step == 0:
+                    first = float(loss(x).detach())
+                value = loss(view())
                 (x.grad,) = torch.autograd.grad(value, [x])
-                first = float(value.detach()) if step == 0 else first
                 opt.step()
                 schedule.step()
-            last = float(loss().detach())  # the loss of the images returned
+            last = float(loss(x).detach())  # the loss of the images returned
     finally:
         for h in handles:
             h.remove()
