@@ -198,8 +198,9 @@ def test_the_residual_target_repairs_what_the_shortcut_changed():
     assert aware < 0.2 * plain, (aware, plain)
 
 
-def test_distilled_images_match_the_bn_statistics_and_leave_the_model_alone():
-    # BN statistics of images unlike the standard-normal start (mean 1, std 0.5): reachable, and far at first
+def _recalibrated_net():
+    """``_net`` in train mode, its BN statistics those of images unlike the standard-normal start (mean 1, std 0.5):
+    reachable by distillation, and far from its start."""
     net = _net().train()
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -208,6 +209,11 @@ def test_distilled_images_match_the_bn_statistics_and_leave_the_model_alone():
     with torch.no_grad():
         for _ in range(4):
             net(1.0 + 0.5 * torch.randn(32, 3, 8, 8))
+    return net
+
+
+def test_distilled_images_match_the_bn_statistics_and_leave_the_model_alone():
+    net = _recalibrated_net()
     state = copy.deepcopy(net.state_dict())
     x, first, last = distill_images(net, (3, 8, 8), 16, steps=150)
     assert x.shape == (16, 3, 8, 8) and last < 0.05 * first
@@ -242,14 +248,7 @@ def test_jittered_distillation_holds_the_statistics_wherever_the_content_sits():
     # each step sees a shifted (up to 1 px at 8x8) and sometimes mirrored view: every such view of the result
     # matches the BN statistics, where images distilled in place match them in place only (measured: worst view
     # 0.014 / 0.30 of a first gap of 10.2)
-    net = _net().train()
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None
-    with torch.no_grad():
-        for _ in range(4):
-            net(1.0 + 0.5 * torch.randn(32, 3, 8, 8))
+    net = _recalibrated_net()
     net.eval()
     worst = {}
     for jitter in (0.0, udfc_hub.distill.JITTER):
