@@ -53,9 +53,8 @@ def solve_refit(
 
     ``prior`` (groups, o, d): weights to lean on where the samples are few. The solution then minimises
     ``E|A W^T + b - T|^2 + mu |W - prior|^2`` with ``mu = strength * (d + 1) / n`` times the mean input variance
-    (``strength`` defaults to ``PRIOR``):
-    the prior counts as much as ``strength * (d + 1)`` samples of that variance, so it decides a layer seen on
-    fewer samples than it has inputs and fades as the samples grow."""
+    (``strength`` defaults to ``PRIOR``): the prior counts as much as ``strength * (d + 1)`` samples of that
+    variance, so it decides a layer seen on fewer samples than it has inputs and fades as the samples grow."""
     ma, mt, cov, cross = stats.moments()
     n = max(stats.n, 1)
     if not intercept:  # the uncentred moments
