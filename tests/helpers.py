@@ -10,7 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
+
+import udfc_hub
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("UDFC_FIXTURES", REPO.parent / "shared" / "fixtures"))
@@ -20,6 +23,16 @@ CIFAR_LOSSLESS = FIXTURES / "cifar10" / "cifar10_test_first20_lossless.npz"
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+
+
+def assert_unchanged_without_batchnorm(note: str, **option) -> None:
+    """A small ViT has no BatchNorm: compressed at 4 bits with ``option`` (one that needs BN statistics), the report
+    says ``note`` and every layer is rounded exactly as without the option."""
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=10).eval()
+    with_option = udfc_hub.compress(model, prune_ratio=0.0, bits=4, **option)
+    plain = udfc_hub.compress(model, prune_ratio=0.0, bits=4)
+    assert any(note in n for n in with_option.report.notes), with_option.report.notes
+    assert all(torch.equal(plain.quantized[n].codes, with_option.quantized[n].codes) for n in plain.quantized)
 
 
 def require(path: Path) -> Path:

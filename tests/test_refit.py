@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import udfc_hub
+from helpers import assert_unchanged_without_batchnorm
 from test_levers import _calibrated
 from udfc_hub.distill import _rows, _targets, distill_images, refit_layers
 from udfc_hub.ops.refit import RefitStats, best_intercept, refit_error, solve_refit
@@ -292,11 +293,7 @@ def test_refit_distilled_end_to_end(monkeypatch, tmp_path):
 
 
 def test_refit_without_batchnorm_says_so_and_changes_nothing():
-    model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=10).eval()
-    refit = udfc_hub.compress(model, prune_ratio=0.0, bits=4, refit="distilled")
-    plain = udfc_hub.compress(model, prune_ratio=0.0, bits=4)
-    assert any("refit='distilled' has nothing to distil images from" in n for n in refit.report.notes)
-    assert all(torch.equal(plain.quantized[n].codes, refit.quantized[n].codes) for n in plain.quantized)
+    assert_unchanged_without_batchnorm("refit='distilled' has nothing to distil images from", refit="distilled")
 
 
 def test_batchnorm_without_running_statistics_has_nothing_to_distil():

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from timm.layers import Conv2dSame
 
 import udfc_hub
+from helpers import assert_unchanged_without_batchnorm
 from test_levers import _calibrated
 from udfc_hub.engine import _keep_inputs
 from udfc_hub.ops import quantize_dorefa, round_with_feedback, rounding_error, shrunk_covariance
@@ -188,8 +189,4 @@ def test_layers_with_too_many_inputs_keep_nearest_rounding(monkeypatch):
 
 
 def test_rounding_probe_without_batchnorm_says_it_used_nearest():
-    model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=10).eval()
-    fed = udfc_hub.compress(model, prune_ratio=0.0, bits=4, rounding="probe")
-    near = udfc_hub.compress(model, prune_ratio=0.0, bits=4)
-    assert any("rounding='probe' has no input statistics (nearest used)" in n for n in fed.report.notes)
-    assert all(torch.equal(near.quantized[n].codes, fed.quantized[n].codes) for n in near.quantized)
+    assert_unchanged_without_batchnorm("rounding='probe' has no input statistics (nearest used)", rounding="probe")
