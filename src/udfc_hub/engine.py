@@ -336,6 +336,7 @@ class _Pass:
         # rounding="probe": each layer's input covariance (groups, d, d) in the probe, sliced as inputs are pruned
         self.covariances: dict[str, torch.Tensor] = covariances or {}
         self._feedback: list[tuple[float, float]] = []
+        self._refit_feedback: list[tuple[float, float]] = []  # the same for the layers the refit rounds again
         self.kept_out: dict[str, torch.Tensor] = {}  # the original output channels each pruned layer kept
 
     def visit(self, layer: Layer) -> None:
@@ -423,6 +424,12 @@ class _Pass:
                 f"; {len(sparse)} seen on fewer than {MIN_ROWS_PER_INPUT} samples per input leaned mostly on their "
                 "compensated weights, e.g. " + sparse[0]
             )
+        if self._refit_feedback:
+            before, after = (sum(v) for v in zip(*self._refit_feedback, strict=True))
+            note += (
+                f"; {len(self._refit_feedback)} rounded again with error feedback under the distilled inputs' "
+                f"covariance (expected output error {after / max(before, 1e-300):.2f}x nearest rounding's)"
+            )
         return note
 
     def _requantize(self, name: str, mod: nn.Module, stats) -> None:
@@ -431,8 +438,11 @@ class _Pass:
         if name not in self.quantized:
             return
         cfg = self.cfg.replace(bits=self.layer_bits.get(name, self.cfg.bits), quant_correction="none")
-        inputs = stats.moments()[2].float() if self.cfg.rounding == "probe" else None
+        # the distilled inputs' covariance, shrunk as the probe's is: few samples for many inputs make it singular
+        inputs = shrunk_covariance(stats.moments()[2], stats.n).float() if self.cfg.rounding == "probe" else None
         q = quantize_layer(mod, None, cfg, inputs)
+        if q.feedback is not None:
+            self._refit_feedback.append(q.feedback)
         self.quantized[name] = q.qt
         set_param(mod, "weight", q.weight)
 
