@@ -125,6 +125,11 @@ QUANT_VARIANTS = [
         dict(refit="distilled"),
         "udfc+, then every layer refitted and rounded again on 64 images distilled from the BN statistics",
     ),
+    (
+        "udfc+ refit, probe rounding",
+        dict(refit="distilled", rounding="probe"),
+        "the distilled refit, each refitted layer rounded with error feedback under the distilled inputs' covariance",
+    ),
 ]
 
 COMBINED = [
@@ -139,6 +144,11 @@ COMBINED = [
         "udfc+, distilled refit",
         {**DEFAULT, "refit": "distilled"},
         "the default, then every layer refitted and rounded again on 64 images distilled from the BN statistics",
+    ),
+    (
+        "udfc+, refit, probe rounding",
+        {**DEFAULT, "refit": "distilled", "rounding": "probe"},
+        "the distilled refit, each refitted layer rounded with error feedback under the distilled inputs' covariance",
     ),
     (
         "udfc+ moments, moment alloc.",
@@ -169,7 +179,14 @@ def runs() -> list[tuple[str, str, float, int | None, dict]]:
     """(section, label, prune_ratio, bits, kwargs) of every run."""
     out = [("prune", label, r, None, kw) for r in RATIOS for label, kw, _ in PRUNE_VARIANTS]
     out += [("quant", label, 0.0, 4, kw) for label, kw, _ in QUANT_VARIANTS]
-    six = ("rtn, channel", "udfc+", "udfc+ mixed", "udfc+ probe rounding", "udfc+ distilled refit")
+    six = (
+        "rtn, channel",
+        "udfc+",
+        "udfc+ mixed",
+        "udfc+ probe rounding",
+        "udfc+ distilled refit",
+        "udfc+ refit, probe rounding",
+    )
     out += [("quant", label, 0.0, 6, kw) for label, kw, _ in QUANT_VARIANTS if label in six]
     out += [("combined", label, r, 4, kw) for r in RATIOS for label, kw, _ in COMBINED]
     return out

@@ -32,6 +32,8 @@ PRUNE_VARIANTS = [
     ("udfc+", dict()),  # the default: criterion and layer_ratios "moments"
     ("udfc+, probe rounding", dict(rounding="probe")),  # 6-bit only (rounding needs bits)
     ("udfc+, distilled refit", dict(refit="distilled")),  # every layer refitted on images distilled from the BNs
+    # the refit, each refitted layer rounded with error feedback under the distilled inputs' covariance (6-bit only)
+    ("udfc+, refit, probe rounding", dict(refit="distilled", rounding="probe")),
 ]
 # quantization rows beyond the plain methods (per-channel scales only)
 EXTRA_METHODS = {
@@ -39,6 +41,8 @@ EXTRA_METHODS = {
     "udfc+ rounding": dict(method="udfc+", rounding="probe"),
     "udfc+ mixed rounding": dict(method="udfc+", bit_widths="mixed", rounding="probe"),
     "udfc+ refit": dict(method="udfc+", refit="distilled"),
+    "udfc+ refit rounding": dict(method="udfc+", refit="distilled", rounding="probe"),
+    "udfc+ mixed refit rounding": dict(method="udfc+", bit_widths="mixed", refit="distilled", rounding="probe"),
 }
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,7 +67,8 @@ def main(argv=None) -> None:
         nargs="*",
         type=int,
         default=[4],
-        help="bits of the udfc+ rows with refit='distilled' (per-channel scales)",
+        help="bits of the udfc+ rows with refit='distilled' (alone, with rounding='probe', and mixed with it; "
+        "per-channel scales)",
     )
     ap.add_argument("--limit", type=int, help="N evenly spaced images only (smoke runs)")
     ap.add_argument("--prune-ratio", type=float, default=0.3, help="for the pruning rows (0: none)")
@@ -110,7 +115,8 @@ def main(argv=None) -> None:
             if gran == "channel" and bits in args.rounding_bits:
                 extra += ["udfc+ rounding"] + (["udfc+ mixed rounding"] if args.mixed else [])
             if gran == "channel" and bits in args.refit_bits:
-                extra += ["udfc+ refit"]
+                extra += ["udfc+ refit", "udfc+ refit rounding"]
+                extra += ["udfc+ mixed refit rounding"] if args.mixed else []
             for method in args.methods + extra:
                 old = earlier.get((method, bits, gran))
                 if old is not None and old["n"] == fp["n"]:
