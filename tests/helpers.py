@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -33,6 +34,17 @@ def assert_unchanged_without_batchnorm(note: str, **option) -> None:
     plain = udfc_hub.compress(model, prune_ratio=0.0, bits=4)
     assert any(note in n for n in with_option.report.notes), with_option.report.notes
     assert all(torch.equal(plain.quantized[n].codes, with_option.quantized[n].codes) for n in plain.quantized)
+
+
+def assert_round_trip(result, folder: Path, option: str, value, size: int = 64) -> None:
+    """``result`` saved to ``folder`` records ``option=value`` in its config.json, and timm loads it back
+    (``local-dir:``) with logits identical to the compressed model's on ``size`` x ``size`` inputs."""
+    folder = udfc_hub.save_pretrained(result, folder)
+    assert json.loads((folder / "config.json").read_text())["udfc"]["compression"][option] == value
+    loaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), result.model(x))
 
 
 def require(path: Path) -> Path:

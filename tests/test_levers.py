@@ -9,8 +9,10 @@ import shutil
 import pytest
 import timm
 import torch
+import torch.nn as nn
 
 import udfc_hub
+from helpers import assert_round_trip
 from test_ops_moments import _gaussian
 from udfc_hub import describe_model
 from udfc_hub.adapters import removal_error
@@ -22,6 +24,7 @@ from udfc_hub.ops import (
     relu_moments,
     select_rebuildable,
 )
+from udfc_hub.probe import probe_stream_shares
 from udfc_hub.steps import bn_params, depthwise_moments
 
 
@@ -186,6 +189,75 @@ def test_moment_allocation_moves_pruning_to_where_channels_matter_least():
     assert sum(udfc_hub.engine.allocate_widths(model, spec, deep).values()) == sum(
         udfc_hub.engine.allocate_widths(model, spec, deep.replace(layer_ratios="uniform")).values()
     )
+
+
+class _Skip(nn.Module):
+    """``shortcut(x) + bn(conv(x))``, the shortcut the identity when None."""
+
+    def __init__(self, gammas: list[float], shortcut: nn.Module | None = None):
+        super().__init__()
+        self.conv, self.bn, self.shortcut = nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3), shortcut
+        with torch.no_grad():
+            self.bn.weight.copy_(torch.tensor(gammas))
+
+    def forward(self, x):
+        return (x if self.shortcut is None else self.shortcut(x)) + self.bn(self.conv(x))
+
+
+def test_stream_shares_are_the_branch_part_of_the_sum():
+    # the probe's input is standard normal and a BN on its batch statistics outputs variance gamma^2: closed form
+    net = nn.Sequential(_Skip([1.0, 2.0, 3.0])).eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    found = probe_stream_shares(net, [("0.bn", "0", None)], (3, 32, 32))
+    assert found["0"] == pytest.approx(14 / (14 + 3), rel=0.02)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # the model is left alone
+    twice = nn.Conv2d(3, 3, 1, bias=False)
+    with torch.no_grad():
+        twice.weight.copy_(2 * torch.eye(3).reshape(3, 3, 1, 1))
+    net = nn.Sequential(_Skip([1.0, 2.0, 3.0], shortcut=twice)).eval()
+    found = probe_stream_shares(net, [("0.bn", "0", "0.shortcut")], (3, 32, 32))
+    assert found["0"] == pytest.approx(14 / (14 + 12), rel=0.02)
+    # a block whose input does not match the branch's shape (3 channels in, 6 out) is left out
+    net = nn.Sequential(nn.Conv2d(3, 6, 1), nn.BatchNorm2d(6)).eval()
+    assert probe_stream_shares(net, [("1", "0", None)], (3, 32, 32)) == {}
+
+
+def test_stream_allocation_prunes_residual_branches_harder(tmp_path):
+    model = _calibrated("mobilenetv2_050")
+    spec = describe_model(model)
+    cfg = udfc_hub.CompressionConfig(prune_ratio=0.3, layer_ratios="stream")
+    moments = udfc_hub.engine.allocate_widths(model, spec, cfg.replace(layer_ratios="moments"), (3, 64, 64))
+    stream = udfc_hub.engine.allocate_widths(model, spec, cfg, (3, 64, 64))
+    shares = udfc_hub.engine.stream_shares(model, spec, spec.groups, (3, 64, 64))
+    # the expansion groups of the blocks with a skip, and only those, get a share below 1
+    blocks = {layer.residual[0] for layer in spec.layers if layer.residual is not None}
+    skips = {g.producer.name for g in spec.groups if g.producer.name.rsplit(".", 1)[0] in blocks}
+    assert skips and set(shares) == skips and all(0 < v < 1 for v in shares.values())
+    assert sum(stream.values()) == sum(moments.values())  # the same total
+    # the shares scale the residual groups' convex cost curves down: at the same total they lose more channels
+    # (greedy removal on convex curves takes every step below a threshold), the other groups fewer
+    assert sum(moments[n] - stream[n] for n in skips) > 0
+    # end to end: the option compresses and the artifact reloads with the same logits
+    result = udfc_hub.compress(model, prune_ratio=0.3, bits=6, layer_ratios="stream", input_size=(3, 64, 64))
+    assert {r.name: r.kept_channels for r in result.report.layers if r.name in stream} == stream
+    said = f"layer_ratios='stream': {len(skips)} group(s) in residual blocks"
+    assert any(note.startswith(said) for note in result.report.notes)
+    # a model with no residual block (couplings traced from the graph) gets the moment allocation, and says so
+    torch.manual_seed(0)
+    plain = nn.Sequential(
+        nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10),
+    )  # fmt: skip
+    with torch.no_grad():
+        plain.train()(torch.randn(32, 3, 16, 16))
+    plain.eval()
+    options = dict(prune_ratio=0.3, bits=None, input_size=(3, 16, 16))
+    by_stream = udfc_hub.compress(plain, layer_ratios="stream", **options)
+    by_moments = udfc_hub.compress(plain, layer_ratios="moments", **options)
+    assert "layer_ratios='stream': no residual block known in this model" in " ".join(by_stream.report.notes)
+    kept = {r.name: r.kept_channels for r in by_stream.report.layers}
+    assert kept == {r.name: r.kept_channels for r in by_moments.report.layers} and kept["0"] < 16
+    assert_round_trip(result, tmp_path / "m", "layer_ratios", "stream")
 
 
 def test_bit_allocation_is_optimal_where_brute_force_can_check():

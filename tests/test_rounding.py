@@ -2,18 +2,16 @@
 statistics it reads from the probe, and the option end to end."""
 
 import itertools
-import json
 from types import SimpleNamespace
 
 import pytest
-import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Conv2dSame
 
 import udfc_hub
-from helpers import assert_unchanged_without_batchnorm
+from helpers import assert_round_trip, assert_unchanged_without_batchnorm
 from test_levers import _calibrated
 from udfc_hub.engine import _keep_inputs
 from udfc_hub.ops import quantize_dorefa, round_with_feedback, rounding_error, shrunk_covariance
@@ -168,12 +166,7 @@ def test_rounding_probe_end_to_end_and_round_trip(tmp_path):
     assert len(changed) > 0.8 * len(near.quantized)  # same scales, other codes
     assert any(n.endswith("conv_dw") for n in changed) and any(n.endswith("conv_pwl") for n in changed)
     assert all(torch.equal(near.quantized[n].scale, fed.quantized[n].scale) for n in near.quantized)
-    folder = udfc_hub.save_pretrained(fed, tmp_path / "m")
-    assert json.loads((folder / "config.json").read_text())["udfc"]["compression"]["rounding"] == "probe"
-    loaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        assert torch.equal(loaded(x), fed.model(x))
+    assert_round_trip(fed, tmp_path / "m", "rounding", "probe")
 
 
 def test_layers_with_too_many_inputs_keep_nearest_rounding(monkeypatch):

@@ -46,7 +46,7 @@ __all__ = [
 METHODS = ("udfc+", "udfc", "nm", "prune", "rtn")
 FITS = ("relu", "linear")
 QUANT_CORRECTIONS = ("none", "udfc", "scale")
-LAYER_RATIOS = ("uniform", "adaptive", "moments")
+LAYER_RATIOS = ("uniform", "adaptive", "moments", "stream")
 BIT_WIDTHS = ("uniform", "mixed")
 REFERENCES = ("compensated", "original")
 CRITERIA = ("l1", "l2", "moments", "rebuild")  # ops.prune.CRITERIA; a test keeps them equal
@@ -211,7 +211,9 @@ class CompressionConfig:
         None,
         "uniform (every group loses prune_ratio of its channels), adaptive (same total, spread by each group's "
         "reconstruction error) or moments (same total over the groups with a moment model, pruned where channels "
-        "carry the smallest share of their group's predicted output variance). Default: moments for udfc+, "
+        "carry the smallest share of their group's predicted output variance) or stream (moments, each share "
+        "scaled by the group's residual branch's part of the stream it is added to, measured in the BN-matched "
+        "probe: branches into a wide stream lose more; best on EfficientNet-Lite0). Default: moments for udfc+, "
         "uniform for the others",
         choices=LAYER_RATIOS,
         kind="choice",

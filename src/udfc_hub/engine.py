@@ -62,7 +62,7 @@ from .ops import (
 )
 from .ops.activations import image_range
 from .ops.rounding import MAX_INPUTS
-from .probe import has_batchnorm, probe_activation_ranges, probe_batch_size, probe_statistics
+from .probe import has_batchnorm, probe_activation_ranges, probe_batch_size, probe_statistics, probe_stream_shares
 from .profile import default_input_size, input_device_dtype, profile_model
 from .report import CompressionReport, CompressionResult, LayerReport
 from .steps import (
@@ -136,7 +136,7 @@ def compress(
     work = copy.deepcopy(source)
     notes = list(spec.notes)
     distilled = _distill(model, cfg, input_size, notes, progress)
-    n_keep = allocate_widths(work, spec, cfg) if cfg.prune_ratio > 0 else {}
+    n_keep = allocate_widths(work, spec, cfg, input_size, notes) if cfg.prune_ratio > 0 else {}
     means, correlations, covariances = _probe(work, spec, cfg, n_keep, input_size, notes)
     run = _Pass(work, source, spec, cfg, means, n_keep, correlations, covariances)
     if cfg.bits is not None and cfg.bit_widths == "mixed":
@@ -412,7 +412,11 @@ class _Pass:
             layer = self.layers[name]
             if layer.norm:
                 norms[name] = (self.model.get_submodule(layer.norm), self.original.get_submodule(layer.norm))
-        residuals = {layer.name: layer.residual for layer in self.layers.values() if layer.residual is not None}
+        residuals = {
+            layer.name: layer.residual
+            for layer in self.layers.values()
+            if layer.residual is not None and layer.refit_shortcut
+        }
         errors, sparse = refit_layers(
             self.model, self.original, names, images, self.kept_out, norms, self._requantize, residuals
         )
@@ -501,9 +505,42 @@ def _mixed_note(layer_bits: dict[str, int], bits: int) -> str:
 MIN_KEEP_MOMENTS = 0.4  # layer_ratios="moments": the smallest share of a group's channels kept
 
 
+def stream_shares(model: nn.Module, spec: ModelSpec, groups, input_size) -> dict[str, float]:
+    """Each group's part of the residual stream it ends up in: its consumers' residual block's share of the
+    variance at the addition (``probe_stream_shares``); 1 for a group whose consumers are in no residual block
+    (what they produce is all there is). An error in a branch reaches the next blocks diluted by the shortcut's
+    variance: the moment allocation's shares, which are of the group's own output, are scaled by it."""
+    blocks = {layer.residual[0]: layer for layer in spec.layers if layer.residual is not None and layer.norm}
+    if not blocks or not has_batchnorm(model):
+        return {}
+    size = tuple(input_size) if input_size is not None else default_input_size(model)
+    found = probe_stream_shares(model, [(b.norm, block, b.residual[1]) for block, b in blocks.items()], size)
+    out = {}
+    for g in groups:
+        inside = [block for block in found if all(c.name.startswith(block + ".") for c in g.consumers)]
+        if inside:
+            out[g.producer.name] = found[max(inside, key=len)]
+    return out
+
+
 @torch.no_grad()
-def _allocate_by_moments(model, spec: ModelSpec, groups, uniform: dict[str, int]) -> dict[str, int]:
+def _allocate_by_moments(
+    model, spec: ModelSpec, groups, uniform: dict[str, int], stream: bool, input_size, notes: list[str] | None
+) -> dict[str, int]:
     layers = {layer.name: layer for layer in spec.layers}
+    shares = stream_shares(model, spec, groups, input_size) if stream else {}
+    if stream and notes is not None:
+        if shares:
+            low, high = min(shares.values()), max(shares.values())
+            notes.append(
+                f"layer_ratios='stream': {len(shares)} group(s) in residual blocks weighed by their branch's share "
+                f"of the stream it joins ({low:.2f}-{high:.2f}, in the BN-matched probe)"
+            )
+        else:
+            notes.append(
+                "layer_ratios='stream': no residual block known in this model (or no BatchNorm to probe it): "
+                "the moment allocation as is"
+            )
     curves, sizes = {}, {}
     for g in groups:
         norm = model.get_submodule(g.producer.norm) if g.producer.norm else None
@@ -516,7 +553,8 @@ def _allocate_by_moments(model, spec: ModelSpec, groups, uniform: dict[str, int]
         sizes[g.producer.name] = n
         # at most down to 40 % kept, or to the uniform width where the ratio asks for more
         most = n - min(math.ceil(MIN_KEEP_MOMENTS * n), uniform[g.producer.name])
-        curves[g.producer.name] = torch.cat([share.new_zeros(1), share.cumsum(0)])[: most + 1]
+        curve = torch.cat([share.new_zeros(1), share.cumsum(0)])[: most + 1]
+        curves[g.producer.name] = curve * shares.get(g.producer.name, 1.0)
     budget = sum(sizes[name] - uniform[name] for name in sizes)
     return {**uniform, **allocate_greedy(sizes, curves, budget)}
 
@@ -605,13 +643,17 @@ def _norm_in(model: nn.Module, layers: dict[str, Layer], name: str) -> nn.Module
     return model.get_submodule(layer.norm) if layer is not None and layer.norm else None
 
 
-def allocate_widths(model: nn.Module, spec: ModelSpec, cfg: CompressionConfig) -> dict[str, int]:
+def allocate_widths(
+    model: nn.Module, spec: ModelSpec, cfg: CompressionConfig, input_size=None, notes: list[str] | None = None
+) -> dict[str, int]:
     """Kept channels per pruned group. ``uniform``: floor((1 - ratio) n) each. ``adaptive``: the same total
     number of pruned channels, spread greedily to the groups whose relative reconstruction loss (UDFC's linear
     fit, bias term left out) grows least, each group keeping at least 10 % of its channels. ``moments``: among
     the groups with a moment model, the same total spread so that the channels pruned carry the smallest shares of
     their group's importance (``output_importance``, in the consumers' BN units), each group keeping at least
-    40 % (or its uniform width, when the ratio asks for more); the other groups stay uniform."""
+    40 % (or its uniform width, when the ratio asks for more); the other groups stay uniform. ``stream``: as
+    ``moments``, each group's shares scaled by its part of the residual stream it joins (``stream_shares``).
+    ``input_size``: the probe's, for ``stream``; ``notes``, if given, gets what ``stream`` found."""
     # Neuron Merging pairs producer filters: through a depthwise conv it has nothing to pair, so it leaves those
     groups = [
         g for g in spec.groups if (g.closed_form and not (g.depthwise and cfg.method == "nm")) or cfg.method == "prune"
@@ -620,8 +662,9 @@ def allocate_widths(model: nn.Module, spec: ModelSpec, cfg: CompressionConfig) -
     uniform = uniform_widths(sizes, cfg.prune_ratio)
     if cfg.layer_ratios == "uniform" or not uniform:
         return uniform
-    if cfg.layer_ratios == "moments":
-        return _allocate_by_moments(model, spec, groups, uniform)
+    if cfg.layer_ratios in ("moments", "stream"):
+        stream = cfg.layer_ratios == "stream"
+        return _allocate_by_moments(model, spec, groups, uniform, stream, input_size, notes)
     curves = {}
     for g in groups:
         mod = model.get_submodule(g.producer.name)

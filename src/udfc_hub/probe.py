@@ -31,6 +31,7 @@ __all__ = [
     "probe_input_means",
     "probe_correlations",
     "probe_statistics",
+    "probe_stream_shares",
     "probe_activation_ranges",
     "probe_batch_size",
     "probe_tensor_flow",
@@ -193,6 +194,50 @@ def probe_statistics(
         for h in handles:
             h.remove()
     return means, found, covariances
+
+
+@torch.no_grad()
+def probe_stream_shares(
+    model: nn.Module,
+    residuals: list[tuple[str, str, str | None]],
+    input_size: tuple[int, ...],
+    batch: int | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """What each residual block's branch brings to the sum it joins, as a share of the sum's variance:
+    ``sum_c Var(branch_c) / (sum_c Var(branch_c) + sum_c Var(shortcut_c))``, from one forward pass of the probe
+    (white noise, every BN on its batch statistics). ``residuals``: (norm, block, shortcut) of each block's last BN,
+    whose output is added to ``shortcut(block input)`` (the block input itself when shortcut is None). Returns the
+    share by block name; a block whose branch and shortcut disagree in shape is left out."""
+    branch: dict[str, tuple[float, tuple]] = {}
+    skip: dict[str, tuple[float, tuple]] = {}
+
+    def keep(store, key):
+        def record(module, inputs, output=None):
+            x = (inputs[0] if output is None else output).detach().to(torch.float64)
+            total = x.transpose(0, 1).reshape(x.shape[1], -1).var(1, unbiased=False).sum()
+            store[key] = (float(total), tuple(x.shape))
+
+        return record
+
+    handles = []
+    for norm, block, shortcut in residuals:
+        handles.append(model.get_submodule(norm).register_forward_hook(keep(branch, block)))
+        if shortcut is None:
+            handles.append(model.get_submodule(block).register_forward_pre_hook(keep(skip, block)))
+        else:
+            handles.append(model.get_submodule(shortcut).register_forward_hook(keep(skip, block)))
+    try:
+        with bn_matched(model):
+            model(probe_input(model, input_size, batch, seed))
+    finally:
+        for h in handles:
+            h.remove()
+    return {
+        block: b / max(b + skip[block][0], 1e-300)
+        for block, (b, shape) in branch.items()
+        if block in skip and skip[block][1] == shape
+    }
 
 
 def _channel_correlation(out: torch.Tensor) -> tuple[torch.Tensor, int]:

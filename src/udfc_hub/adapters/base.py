@@ -22,12 +22,15 @@ class Layer:
     """A weight layer (``nn.Conv2d`` or ``nn.Linear``) and the BatchNorm that directly follows it, if any.
 
     ``residual``: (block, shortcut) when the norm's output is added to ``shortcut(block input)``, the block input
-    itself when shortcut is None (a residual block's last conv); ``refit="distilled"`` then also repairs what the
-    compressed shortcut branch changed."""
+    itself when shortcut is None (a residual block's last conv); ``layer_ratios="stream"`` weighs the block's
+    groups by the branch's share of that sum, and ``refit="distilled"`` also repairs what the compressed shortcut
+    branch changed unless ``refit_shortcut`` is False (EfficientNet's inverted residuals, where that repair
+    measured no better: docs/method.md)."""
 
     name: str
     norm: str | None = None
     residual: tuple[str, str | None] | None = None
+    refit_shortcut: bool = True
 
 
 @dataclass(frozen=True)

@@ -7,15 +7,18 @@ classifier. The expansion channels of each inverted-residual block (conv_pw out,
 conv_pwl) are pruned with compensation in conv_pwl when both BatchNorms end in a ReLU or ReLU6 and there is no
 squeeze-excite (EfficientNet-Lite, MobileNetV2): the depthwise conv is per channel, so the fit moves one conv
 later (``ChannelGroup.depthwise``). With a squeeze-excite gate or another activation (SiLU) there is no closed form:
-only ``method="prune"`` removes those channels, without compensation.
+only ``method="prune"`` removes those channels, without compensation. A block with a skip connection marks its
+last conv with it (``Layer.residual``, for ``layer_ratios="stream"``; the refit does not repair the skip's drift
+there, ``refit_shortcut=False``: measured no better on EfficientNet-Lite0).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch.nn as nn
-from timm.models._efficientnet_blocks import InvertedResidual, SqueezeExcite
+from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual, SqueezeExcite
 from timm.models.efficientnet import EfficientNet
 
 from ..errors import UnsupportedModelError
@@ -32,7 +35,11 @@ class TimmEfficientNetAdapter:
     def describe(self, model: nn.Module) -> ModelSpec:
         layers = [Layer("conv_stem", "bn1")]
         for name, module in model.blocks.named_modules(prefix="blocks"):
-            layers.extend(conv_norm_pairs(module, name))
+            last = _skip_layer(name, module)
+            layers.extend(
+                replace(layer, residual=(name, None), refit_shortcut=False) if layer.name == last else layer
+                for layer in conv_norm_pairs(module, name)
+            )
         groups = [
             _expansion_group(name, block)
             for name, block in model.blocks.named_modules(prefix="blocks")
@@ -80,6 +87,15 @@ def _expansion_group(p: str, block: InvertedResidual) -> ChannelGroup:
         depthwise=Layer(f"{p}.conv_dw", f"{p}.bn2") if closed else None,
         relu_cap=next(iter(caps)) if closed and math.isfinite(next(iter(caps))) else None,
     )
+
+
+def _skip_layer(p: str, block: nn.Module) -> str | None:
+    """The conv whose BN output a block adds to the block's input (timm's ``has_skip``), or None."""
+    if not getattr(block, "has_skip", False):
+        return None
+    if isinstance(block, InvertedResidual):
+        return f"{p}.conv_pwl"
+    return f"{p}.conv_pw" if isinstance(block, DepthwiseSeparableConv) else None
 
 
 def _relu_cap(norm: nn.Module) -> float | None:
