@@ -90,6 +90,11 @@ PRUNE_VARIANTS = [
     ),
     ("udfc+", DEFAULT, "the default: udfc+ moments, moment allocation and the probe's correlations"),
     (
+        "udfc+ stream",
+        {**DEFAULT, "layer_ratios": "stream"},
+        "the default with each group's shares scaled by its residual branch's part of the stream (probe)",
+    ),
+    (
         "udfc+, distilled refit",
         {**DEFAULT, "refit": "distilled"},
         "the default, then every layer refitted by least squares on 64 images distilled from the BN statistics",
@@ -149,6 +154,11 @@ COMBINED = [
         "udfc+, refit, probe rounding",
         {**DEFAULT, "refit": "distilled", "rounding": "probe"},
         "the distilled refit, each refitted layer rounded with error feedback under the distilled inputs' covariance",
+    ),
+    (
+        "udfc+ stream",
+        {**DEFAULT, "layer_ratios": "stream"},
+        "the default with each group's shares scaled by its residual branch's part of the stream (probe)",
     ),
     (
         "udfc+ moments, moment alloc.",

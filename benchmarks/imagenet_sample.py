@@ -34,6 +34,10 @@ PRUNE_VARIANTS = [
     ("udfc+, distilled refit", dict(refit="distilled")),  # every layer refitted on images distilled from the BNs
     # the refit, each refitted layer rounded with error feedback under the distilled inputs' covariance (6-bit only)
     ("udfc+, refit, probe rounding", dict(refit="distilled", rounding="probe")),
+    # each group's shares scaled by its residual branch's part of the stream it joins (the BN-matched probe)
+    ("udfc+ stream", dict(layer_ratios="stream")),
+    ("udfc+ stream, distilled refit", dict(layer_ratios="stream", refit="distilled")),
+    ("udfc+ stream, refit, probe rounding", dict(layer_ratios="stream", refit="distilled", rounding="probe")),
 ]
 # quantization rows beyond the plain methods (per-channel scales only)
 EXTRA_METHODS = {
