@@ -242,6 +242,7 @@ def test_stream_allocation_prunes_residual_branches_harder(tmp_path):
     assert {r.name: r.kept_channels for r in result.report.layers if r.name in stream} == stream
     said = f"layer_ratios='stream': {len(skips)} group(s) in residual blocks"
     assert any(note.startswith(said) for note in result.report.notes)
+    assert_round_trip(result, tmp_path / "m", "layer_ratios", "stream")
     # a model with no residual block (couplings traced from the graph) gets the moment allocation, and says so
     torch.manual_seed(0)
     plain = nn.Sequential(
@@ -257,7 +258,6 @@ def test_stream_allocation_prunes_residual_branches_harder(tmp_path):
     assert "layer_ratios='stream': no residual block known in this model" in " ".join(by_stream.report.notes)
     kept = {r.name: r.kept_channels for r in by_stream.report.layers}
     assert kept == {r.name: r.kept_channels for r in by_moments.report.layers} and kept["0"] < 16
-    assert_round_trip(result, tmp_path / "m", "layer_ratios", "stream")
 
 
 def test_bit_allocation_is_optimal_where_brute_force_can_check():
