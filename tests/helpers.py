@@ -36,15 +36,17 @@ def assert_unchanged_without_batchnorm(note: str, **option) -> None:
     assert all(torch.equal(plain.quantized[n].codes, with_option.quantized[n].codes) for n in plain.quantized)
 
 
-def assert_round_trip(result, folder: Path, option: str, value, size: int = 64) -> None:
+def assert_round_trip(result, folder: Path, option: str, value, size: int = 64) -> Path:
     """``result`` saved to ``folder`` records ``option=value`` in its config.json, and timm loads it back
-    (``local-dir:``) with logits identical to the compressed model's on ``size`` x ``size`` inputs."""
+    (``local-dir:``) with logits identical to the compressed model's on ``size`` x ``size`` inputs. Returns the
+    folder written."""
     folder = udfc_hub.save_pretrained(result, folder)
     assert json.loads((folder / "config.json").read_text())["udfc"]["compression"][option] == value
     loaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
-    x = torch.randn(2, 3, size, size)
+    x = torch.randn(4, 3, size, size)
     with torch.no_grad():
         assert torch.equal(loaded(x), result.model(x))
+    return folder
 
 
 def require(path: Path) -> Path:
