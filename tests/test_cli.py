@@ -114,7 +114,7 @@ def test_inspect_shows_groups_and_sizes():
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert len(info["groups"]) == 8 and info["groups"][0]["kept at 50%"] == "32"
-    # the default (udfc+, layer_ratios="moments") moves widths between the groups, not the total
+    # the default (udfc+, layer_ratios="auto": "moments" for a ResNet) moves widths between the groups, not the total
     default = json.loads(run("inspect", "resnet18", "--prune", "0.5", "--bits", "4", "--json").stdout)
     widths = [(int(g["channels"]), int(g["kept at 50%"])) for g in default["groups"]]
     assert sum(k for _, k in widths) == sum(n // 2 for n, _ in widths)

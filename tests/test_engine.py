@@ -46,7 +46,7 @@ def test_timm_resnet_shrinks_and_runs(name):
     # the input is untouched
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
-    # real, smaller modules: plain pruning keeps floor(0.7 n) of each group; udfc+ (layer_ratios="moments") the
+    # real, smaller modules: plain pruning keeps floor(0.7 n) of each group; udfc+ (layer_ratios="auto") the
     # same total, spread over the groups, each keeping at least 40 %
     kept, uniform = 0, 0
     for g in result.spec.groups:

@@ -243,6 +243,14 @@ def test_stream_allocation_prunes_residual_branches_harder(tmp_path):
     said = f"layer_ratios='stream': {len(skips)} group(s) in residual blocks"
     assert any(note.startswith(said) for note in result.report.notes)
     assert_round_trip(result, tmp_path / "m", "layer_ratios", "stream")
+    # udfc+'s default, layer_ratios="auto": the same widths here, where skip blocks and blocks without one mix
+    assert udfc_hub.engine.mixes_residual_branches(spec, spec.groups)
+    auto = udfc_hub.engine.allocate_widths(model, spec, cfg.replace(layer_ratios="auto"), (3, 64, 64))
+    assert auto == stream
+    by_default = udfc_hub.compress(model, prune_ratio=0.3, bits=None, input_size=(3, 64, 64))
+    assert {r.name: r.kept_channels for r in by_default.report.layers if r.name in stream} == stream
+    said = f"layer_ratios='auto' weighs by the stream: {len(skips)} group(s) in residual blocks"
+    assert any(note.startswith(said) for note in by_default.report.notes)
     # a model with no residual block (couplings traced from the graph) gets the moment allocation, and says so
     torch.manual_seed(0)
     plain = nn.Sequential(
@@ -258,6 +266,21 @@ def test_stream_allocation_prunes_residual_branches_harder(tmp_path):
     assert "layer_ratios='stream': no residual block known in this model" in " ".join(by_stream.report.notes)
     kept = {r.name: r.kept_channels for r in by_stream.report.layers}
     assert kept == {r.name: r.kept_channels for r in by_moments.report.layers} and kept["0"] < 16
+
+
+def test_auto_allocation_is_the_moment_allocation_where_every_group_is_in_a_branch():
+    # a ResNet's groups all lie in residual branches: "auto" keeps the moment allocation, with no probe or note
+    model = _calibrated("resnet18")
+    spec = describe_model(model)
+    assert not udfc_hub.engine.mixes_residual_branches(spec, spec.groups)
+    cfg = udfc_hub.CompressionConfig(prune_ratio=0.3, layer_ratios="moments")
+    moments = udfc_hub.engine.allocate_widths(model, spec, cfg, (3, 64, 64))
+    notes = []
+    auto = udfc_hub.engine.allocate_widths(model, spec, cfg.replace(layer_ratios="auto"), (3, 64, 64), notes)
+    stream = udfc_hub.engine.allocate_widths(model, spec, cfg.replace(layer_ratios="stream"), (3, 64, 64))
+    assert auto == moments and not notes
+    assert stream != moments  # the stream would have moved channels between the branches
+    assert udfc_hub.CompressionConfig(prune_ratio=0.3).resolved().layer_ratios == "auto"
 
 
 def test_bit_allocation_is_optimal_where_brute_force_can_check():

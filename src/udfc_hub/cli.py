@@ -494,7 +494,7 @@ def cmd_inspect(args) -> dict[str, Any]:
         return _inspect_artifact(args, folder)
     model = _load(args.model, args.checkpoint, pretrained=False)
     spec = describe_model(model)
-    # the default method itself: its widths (layer_ratios="moments") and which groups it prunes depend on it
+    # the default method itself: its widths (layer_ratios="auto") and which groups it prunes depend on it
     cfg = CompressionConfig.build(**config_options(args))
     result = compress(model, cfg)
     kept = {r.name: r.kept_channels for r in result.report.layers}

@@ -46,7 +46,7 @@ __all__ = [
 METHODS = ("udfc+", "udfc", "nm", "prune", "rtn")
 FITS = ("relu", "linear")
 QUANT_CORRECTIONS = ("none", "udfc", "scale")
-LAYER_RATIOS = ("uniform", "adaptive", "moments", "stream")
+LAYER_RATIOS = ("uniform", "adaptive", "moments", "stream", "auto")
 BIT_WIDTHS = ("uniform", "mixed")
 REFERENCES = ("compensated", "original")
 CRITERIA = ("l1", "l2", "moments", "rebuild")  # ops.prune.CRITERIA; a test keeps them equal
@@ -61,7 +61,8 @@ MIN_BITS, MAX_BITS = 2, 8  # ops.quantize.MIN_BITS / MAX_BITS
 
 # What each method means for the options left at None. "udfc" is the paper as written; "udfc+" is this
 # project's data-free extension (docs/method.md); the others are baselines.
-# udfc+ keeps the channels its moment model says carry the most, spreads the pruning by the same measure and
+# udfc+ keeps the channels its moment model says carry the most, spreads the pruning by the same measure (weighed
+# by the residual stream where a model mixes residual branches with blocks that carry the whole signal) and
 # measures the model's correlations in the BN-matched probe (docs/method.md, "Beyond udfc+": better than l2,
 # uniform widths and the filters' correlations on every benchmark); the others keep the paper's norm criterion,
 # uniform widths and the filters.
@@ -73,7 +74,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         variance_correction=True,
         quant_correction="none",
         criterion="moments",
-        layer_ratios="moments",
+        layer_ratios="auto",
         correlations="probe",
     ),
     "udfc": dict(fit="linear", bias_correction=False, variance_correction=False, quant_correction="udfc", **_PAPER),
@@ -213,8 +214,9 @@ class CompressionConfig:
         "reconstruction error) or moments (same total over the groups with a moment model, pruned where channels "
         "carry the smallest share of their group's predicted output variance) or stream (moments, each share "
         "scaled by the group's residual branch's part of the stream it is added to, measured in the BN-matched "
-        "probe: branches into a wide stream lose more; best on EfficientNet-Lite0). Default: moments for udfc+, "
-        "uniform for the others",
+        "probe: branches into a wide stream lose more; best on EfficientNet-Lite0) or auto (stream where the pruned "
+        "groups lie both inside residual branches and outside them, as in inverted-residual nets; moments "
+        "otherwise). Default: auto for udfc+, uniform for the others",
         choices=LAYER_RATIOS,
         kind="choice",
         advanced=True,

@@ -523,30 +523,45 @@ def stream_shares(model: nn.Module, spec: ModelSpec, groups, input_size) -> dict
     return out
 
 
+def mixes_residual_branches(spec: ModelSpec, groups) -> bool:
+    """Whether some of ``groups`` feed consumers inside a residual block (``Layer.residual``) and others do not:
+    then some groups carry part of a stream and others the whole signal, which ``layer_ratios="auto"`` weighs
+    (an inverted-residual net's blocks with and without a skip; not a ResNet, whose groups are all in branches)."""
+    blocks = [layer.residual[0] for layer in spec.layers if layer.residual is not None]
+    inside = {any(all(c.name.startswith(b + ".") for c in g.consumers) for b in blocks) for g in groups}
+    return inside == {True, False}
+
+
 @torch.no_grad()
 def _allocate_by_moments(
-    model, spec: ModelSpec, groups, uniform: dict[str, int], stream: bool, input_size, notes: list[str] | None
+    model, spec: ModelSpec, groups, uniform: dict[str, int], mode: str, input_size, notes: list[str] | None
 ) -> dict[str, int]:
     layers = {layer.name: layer for layer in spec.layers}
-    shares = stream_shares(model, spec, groups, input_size) if stream else {}
+    variances = {}
+    for g in groups:
+        norm = model.get_submodule(g.producer.norm) if g.producer.norm else None
+        variance = moment_variances(norm, g, _depthwise_modules(model, g))
+        if variance is not None:
+            variances[g.producer.name] = variance
+    modelled = [g for g in groups if g.producer.name in variances]
+    stream = mode == "stream" or (mode == "auto" and mixes_residual_branches(spec, modelled))
+    shares = stream_shares(model, spec, modelled, input_size) if stream else {}
     if stream and notes is not None:
+        said = "layer_ratios='stream'" if mode == "stream" else "layer_ratios='auto' weighs by the stream"
         if shares:
             low, high = min(shares.values()), max(shares.values())
             notes.append(
-                f"layer_ratios='stream': {len(shares)} group(s) in residual blocks weighed by their branch's share "
+                f"{said}: {len(shares)} group(s) in residual blocks weighed by their branch's share "
                 f"of the stream it joins ({low:.2f}-{high:.2f}, in the BN-matched probe)"
             )
         else:
             notes.append(
-                "layer_ratios='stream': no residual block known in this model (or no BatchNorm to probe it): "
+                f"{said}: no residual block known in this model (or no BatchNorm to probe it): "
                 "the moment allocation as is"
             )
     curves, sizes = {}, {}
-    for g in groups:
-        norm = model.get_submodule(g.producer.norm) if g.producer.norm else None
-        variance = moment_variances(norm, g, _depthwise_modules(model, g))
-        if variance is None:
-            continue
+    for g in modelled:
+        variance = variances[g.producer.name]
         imp = output_importance(variance, consumer_weights(g, model.get_submodule, partial(_norm_in, model, layers)))
         share = torch.sort(imp / imp.sum().clamp(min=1e-300)).values
         n = len(share)
@@ -653,7 +668,9 @@ def allocate_widths(
     their group's importance (``output_importance``, in the consumers' BN units), each group keeping at least
     40 % (or its uniform width, when the ratio asks for more); the other groups stay uniform. ``stream``: as
     ``moments``, each group's shares scaled by its part of the residual stream it joins (``stream_shares``).
-    ``input_size``: the probe's, for ``stream``; ``notes``, if given, gets what ``stream`` found."""
+    ``auto``: ``stream`` where those groups lie both inside residual branches and outside them
+    (``mixes_residual_branches``), else ``moments``. ``input_size``: the probe's, for ``stream``; ``notes``, if
+    given, gets what ``stream`` found."""
     # Neuron Merging pairs producer filters: through a depthwise conv it has nothing to pair, so it leaves those
     groups = [
         g for g in spec.groups if (g.closed_form and not (g.depthwise and cfg.method == "nm")) or cfg.method == "prune"
@@ -662,9 +679,8 @@ def allocate_widths(
     uniform = uniform_widths(sizes, cfg.prune_ratio)
     if cfg.layer_ratios == "uniform" or not uniform:
         return uniform
-    if cfg.layer_ratios in ("moments", "stream"):
-        stream = cfg.layer_ratios == "stream"
-        return _allocate_by_moments(model, spec, groups, uniform, stream, input_size, notes)
+    if cfg.layer_ratios in ("moments", "stream", "auto"):
+        return _allocate_by_moments(model, spec, groups, uniform, cfg.layer_ratios, input_size, notes)
     curves = {}
     for g in groups:
         mod = model.get_submodule(g.producer.name)
