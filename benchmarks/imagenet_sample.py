@@ -6,9 +6,11 @@ Quantization: FP, then rtn, udfc (the paper) and udfc+ (the default) at each bit
 granularity, and udfc+ with mixed bit widths (``bit_widths="mixed"``: per-layer bits at the same total size).
 Pruning the inverted-residual expansion channels (``--prune-ratio``, through the depthwise conv; the head too),
 with 6-bit weights and without: plain removal, udfc+ with norm-chosen channels, with channels chosen by the moment
-model, and the default udfc+ (those channels and the moment allocation across blocks); MACs after each. Top-1,
-top-5 and top-1 agreement with FP on the 1,000-image sample fixture (one image per class, easier than the
-validation set: use it for before/after, not absolute claims). Writes benchmarks/results/imagenet_sample.json and .md.
+model, with the moment allocation across blocks, and the default udfc+ (``layer_ratios="auto"``: here the stream
+allocation, since skip blocks and blocks without one mix), each with the refit and probe rounding; MACs after
+each. Top-1, top-5 and top-1 agreement with FP on the 1,000-image sample fixture (one image per class, easier than
+the validation set: use it for before/after, not absolute claims). Writes benchmarks/results/imagenet_sample.json
+and .md.
 """
 
 from __future__ import annotations
@@ -29,11 +31,17 @@ PRUNE_VARIANTS = [
     ("prune", dict(method="prune")),
     ("udfc+ l2", dict(criterion="l2", layer_ratios="uniform")),
     ("udfc+ moments", dict(criterion="moments", layer_ratios="uniform")),
-    ("udfc+", dict()),  # the default: criterion and layer_ratios "moments"
-    ("udfc+, probe rounding", dict(rounding="probe")),  # 6-bit only (rounding needs bits)
-    ("udfc+, distilled refit", dict(refit="distilled")),  # every layer refitted on images distilled from the BNs
+    ("udfc+ moment allocation", dict(layer_ratios="moments")),  # udfc+'s default until layer_ratios="auto"
+    ("udfc+ moment allocation, probe rounding", dict(layer_ratios="moments", rounding="probe")),  # 6-bit only
+    # every layer refitted on images distilled from the BNs
+    ("udfc+ moment allocation, distilled refit", dict(layer_ratios="moments", refit="distilled")),
     # the refit, each refitted layer rounded with error feedback under the distilled inputs' covariance (6-bit only)
-    ("udfc+, refit, probe rounding", dict(refit="distilled", rounding="probe")),
+    (
+        "udfc+ moment allocation, refit, probe rounding",
+        dict(layer_ratios="moments", refit="distilled", rounding="probe"),
+    ),
+    # the default: criterion "moments", layer_ratios "auto" (here "stream": skip blocks and blocks without one mix)
+    ("udfc+", dict()),
     # each group's shares scaled by its residual branch's part of the stream it joins (the BN-matched probe)
     ("udfc+ stream", dict(layer_ratios="stream")),
     ("udfc+ stream, distilled refit", dict(layer_ratios="stream", refit="distilled")),
