@@ -198,8 +198,9 @@ def main(argv=None) -> None:
         "| allocation | refit images | weights | top-1 | drop | MACs |",
         "|---|---|---|---|---|---|",
     ]
+    images = lambda n: f"{n} real" if n else "none (no refit)"  # noqa: E731
     md += [
-        f"| {r['allocation']} | {r['real_images'] or 'none'} real | {r['bits'] or 'float'}"
+        f"| {r['allocation']} | {images(r['real_images'])} | {r['bits'] or 'float'}"
         f"{', probe rounding' if r['kwargs'].get('rounding') else ''} | {r['top1']:.2f} | {fp - r['top1']:.2f} | "
         f"{r['macs'] / 1e6:.1f} M |"
         for r in rows

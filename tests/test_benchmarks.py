@@ -77,6 +77,7 @@ def test_lite0_ceiling_smoke(tmp_path, monkeypatch):
     assert [r["kwargs"].get("refit") for r in result["sweep"]] == [None, "distilled"]
     md = (tmp_path / "lite0_ceiling.md").read_text()
     assert "| blocks.5.3.conv_pw | 1152 |" in md and "| conv_head | 1280 | - |" in md
+    assert "| stream | none (no refit) | float |" in md and "| oracle | 2 real | 6, probe rounding |" in md
 
 
 def test_speed_smoke(tmp_path):
