@@ -517,10 +517,15 @@ def stream_shares(model: nn.Module, spec: ModelSpec, groups, input_size) -> dict
     found = probe_stream_shares(model, [(b.norm, block, b.residual[1]) for block, b in blocks.items()], size)
     out = {}
     for g in groups:
-        inside = [block for block in found if all(c.name.startswith(block + ".") for c in g.consumers)]
+        inside = _blocks_around(g, found)
         if inside:
             out[g.producer.name] = found[max(inside, key=len)]
     return out
+
+
+def _blocks_around(group: ChannelGroup, blocks) -> list[str]:
+    """The residual blocks (module names) that hold every consumer of ``group``."""
+    return [b for b in blocks if all(c.name.startswith(b + ".") for c in group.consumers)]
 
 
 def mixes_residual_branches(spec: ModelSpec, groups) -> bool:
@@ -528,7 +533,7 @@ def mixes_residual_branches(spec: ModelSpec, groups) -> bool:
     then some groups carry part of a stream and others the whole signal, which ``layer_ratios="auto"`` weighs
     (an inverted-residual net's blocks with and without a skip; not a ResNet, whose groups are all in branches)."""
     blocks = [layer.residual[0] for layer in spec.layers if layer.residual is not None]
-    inside = {any(all(c.name.startswith(b + ".") for c in g.consumers) for b in blocks) for g in groups}
+    inside = {bool(_blocks_around(g, blocks)) for g in groups}
     return inside == {True, False}
 
 
