@@ -10,19 +10,25 @@ target of a drop <= 5 at 30 % of the expansion channels (and the head) + 6-bit w
 2. An oracle allocation: the same 30 % of all groups' channels spread greedily by those measured costs (monotone,
    linear between the measured ratios, at most 60 % of a group), and the sum of their costs (what the allocation
    predicts if the groups' errors added up).
-3. That allocation and ``layer_ratios="stream"`` scored together, float, then with the refit
+3. A joint oracle allocation (``--joint-images``): the same 30 % spread by a lazy greedy that measures the groups
+   together, each step pruning one more eighth of one group, the step that adds the least KL divergence from the
+   original's predictions per channel, on ``--joint-images`` of the scored images; and the same greedy measured on
+   udfc-hub's distilled images instead (``refit="distilled"``'s 8, no data: would it do as a method?).
+4. Those allocations and ``layer_ratios="stream"`` scored together, float, then with the refit
    (``refit="distilled"``) given ``--real`` real sample images that are not scored in place of distilled ones,
    and at 6 bits with ``rounding="probe"``.
-4. For comparison, udfc-hub as it is (no data) at each of ``--sweep``'s ratios, 6-bit weights:
+5. For comparison, udfc-hub as it is (no data) at each of ``--sweep``'s ratios, 6-bit weights:
    ``layer_ratios="stream"``, and with the refit on distilled images and ``rounding="probe"``.
 
 Scored on ``--limit`` evenly spaced images of the ImageNet sample fixture; the refit's real images are taken
-evenly from the others. Writes benchmarks/results/lite0_ceiling.json and .md.
+evenly from the others. Writes benchmarks/results/lite0_ceiling.json and .md; ``--reuse JSON`` takes the stages
+already in an earlier run's JSON from it (same ``--limit`` and ``--ratio``) and runs the rest.
 """
 
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import os
 import sys
@@ -37,8 +43,10 @@ import torch
 import udfc_hub
 import udfc_hub.engine as engine
 from udfc_hub.demo_weights import load_efficientnet_lite0
+from udfc_hub.distill import distill_images
 from udfc_hub.evaluation import load_eval_data
 from udfc_hub.ops.allocate import allocate_greedy
+from udfc_hub.probe import probe_batch_size
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("UDFC_FIXTURES", REPO.parent / "shared" / "fixtures"))
@@ -87,6 +95,54 @@ def oracle_allocation(sizes: dict[str, int], costs: dict[str, dict[float, float]
     return widths, sum(float(curves[name][n - widths[name]]) for name, n in sizes.items())
 
 
+def joint_allocation(model, sizes: dict[str, int], prunable, images, ratio: float, steps: int, log=print):
+    """Lazy greedy over the ``prunable`` groups measured together: each step prunes one more ``1/steps`` of one
+    group (at most ``steps - 1`` of them; udfc+ with those widths, float), the step that adds the least KL
+    divergence of the compressed model's predictions on ``images`` from the original's, per channel it removes,
+    until ``ratio`` of all channels (of every group in ``sizes``) are gone (the last step trimmed to land on the
+    count). A step's cost is measured again only when it reaches the top of the heap after another step was taken
+    (costs rise as more is pruned: lazy evaluation). Returns widths and [(group, width, KL)] per step."""
+    model.eval()
+    with torch.no_grad():
+        ref = torch.log_softmax(model(images), -1)
+
+    def kl(widths):
+        with replaced("allocate_widths", lambda *a, w=widths, **k: dict(w)):
+            m = udfc_hub.compress(model, prune_ratio=ratio, bits=None, layer_ratios="moments").model.eval()
+        with torch.no_grad():
+            out = torch.log_softmax(m(images), -1)
+        return float((ref.exp() * (ref - out)).sum(-1).mean())
+
+    def next_width(name, width):
+        taken = round((sizes[name] - width) / sizes[name] * steps)
+        return None if taken >= steps - 1 else max(1, round(sizes[name] * (1 - (taken + 1) / steps)))
+
+    widths, current, taken, heap, trace = dict(sizes), 0.0, 0, [], []
+
+    def push(name):
+        width = next_width(name, widths[name])
+        if width is not None:
+            cost = kl(dict(widths, **{name: width}))
+            heapq.heappush(heap, ((cost - current) / (widths[name] - width), name, taken, cost, width))
+
+    for name in prunable:
+        push(name)
+    budget = round(ratio * sum(sizes.values()))
+    while heap and sum(sizes.values()) - sum(widths.values()) < budget:
+        _, name, version, cost, width = heapq.heappop(heap)
+        if version != taken:  # measured before the last step: measure again
+            push(name)
+            continue
+        widths[name], current, taken = width, cost, taken + 1
+        trace.append((name, width, cost))
+        log(f"  joint step {taken}: {name} -> {width} (KL {cost:.4f})")
+        push(name)
+    over = sum(sizes.values()) - sum(widths.values()) - budget
+    if over > 0:
+        widths[trace[-1][0]] += over
+    return widths, trace
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--limit", type=int, default=500, help="images scored (evenly spaced)")
@@ -95,8 +151,12 @@ def main(argv=None) -> None:
     ap.add_argument("--groups", nargs="+", metavar="NAME", help="measure these groups only (the rest stay whole)")
     ap.add_argument("--real", nargs="+", type=int, default=[32, 128], help="real images for the oracle refit")
     ap.add_argument("--sweep", nargs="*", type=float, default=[0.1, 0.2, 0.3], help="ratios of the data-free rows")
+    ap.add_argument("--joint-images", type=int, default=128, help="scored images the joint oracle measures (0: none)")
+    ap.add_argument("--joint-steps", type=int, default=8, help="the joint oracle prunes a group in 1/N steps")
+    ap.add_argument("--reuse", type=Path, help="an earlier run's JSON: its stages are taken, not run again")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = ap.parse_args(argv)
+    old = json.loads(args.reuse.read_text()) if args.reuse else {}
     folder = FIXTURES / "imagenet_sample"
     if not (folder / "labels.tsv").exists():
         sys.exit(f"fixture missing: {folder} (set UDFC_FIXTURES)")
@@ -108,10 +168,15 @@ def main(argv=None) -> None:
     fp = score(model)
     print(f"FP {fp:.2f} on {len(data)} images", flush=True)
 
-    own = widths_of(model, prune_ratio=args.ratio, bits=None, layer_ratios="stream")
+    if old and (old["n"] != len(data) or old.get("ratio", 0.3) != args.ratio):
+        sys.exit(f"--reuse {args.reuse}: scored {old['n']} images at another ratio; run without --reuse")
+    own = old["widths"]["stream"] if old else widths_of(model, prune_ratio=args.ratio, bits=None, layer_ratios="stream")
     sizes = {name: model.get_submodule(name).weight.shape[0] for name in own}
     costs: dict[str, dict[float, float]] = {name: {} for name in sizes}
-    for r in args.ratios:
+    if old:  # JSON keys are strings
+        costs = {name: {float(r): c for r, c in old["costs"][name].items()} for name in sizes}
+        args.ratios = sorted({r for c in costs.values() for r in c})
+    for r in [] if old else args.ratios:
         for name, n in sizes.items():
             if args.groups and name not in args.groups:
                 continue
@@ -126,9 +191,32 @@ def main(argv=None) -> None:
     scored = set(np.linspace(0, len(full) - 1, len(data)).round().astype(int).tolist())
     held = [i for i in range(len(full)) if i not in scored]
     transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
-    rows = []
+    allocations = {"stream": own, "oracle": oracle}
+    traces = dict(old.get("traces", {}))
+    measured = [name for name in sizes if not args.groups or name in args.groups]
+    for alloc in ("joint", "joint_distilled"):
+        if alloc in old.get("widths", {}):
+            allocations[alloc] = old["widths"][alloc]
+            continue
+        if not args.joint_images:
+            continue
+        if alloc == "joint":
+            pick = np.linspace(0, len(data) - 1, min(args.joint_images, len(data))).round().astype(int)
+            images = torch.stack([transform(data.image(int(i))) for i in pick])
+        else:  # what refit="distilled" distils (the in-memory cache then serves the data-free sweep below)
+            size = tuple(timm.data.resolve_data_config({}, model=model)["input_size"])
+            images = distill_images(model, size, probe_batch_size(size), engine.DISTILL_STEPS)[0]
+        start = time.perf_counter()
+        widths, trace = joint_allocation(model, sizes, measured, images, args.ratio, args.joint_steps)
+        allocations[alloc] = widths
+        traces[alloc] = {"images": len(images), "steps": trace, "seconds": time.perf_counter() - start}
+        print(f"{alloc} allocation: {len(trace)} steps, {traces[alloc]['seconds']:.0f} s", flush=True)
+
+    rows = [r for r in old.get("rows", []) if r["allocation"] in allocations]
     plans = [(None, None, {}), *[(n, None, {}) for n in args.real], (max(args.real), 6, {"rounding": "probe"})]
-    for alloc, widths in (("stream", own), ("oracle", oracle)):
+    for alloc, widths in allocations.items():
+        if any(r["allocation"] == alloc for r in rows):
+            continue
         for real, bits, extra in plans:
             kw = dict(prune_ratio=args.ratio, bits=bits, **extra, **({"refit": "distilled"} if real else {}))
             pick = [held[j] for j in np.linspace(0, len(held) - 1, real).round().astype(int)] if real else []
@@ -154,8 +242,8 @@ def main(argv=None) -> None:
             )
             print(f"  {alloc} real={real or 0} bits={bits}: top-1 {top1:.2f} ({secs:.0f} s)", flush=True)
 
-    sweep = []
-    for r in args.sweep:
+    sweep = old.get("sweep", [])
+    for r in [] if sweep else args.sweep:
         for extra in ({}, {"refit": "distilled", "rounding": "probe"}):
             kw = dict(prune_ratio=r, bits=6, layer_ratios="stream", **extra)
             start = time.perf_counter()
@@ -166,8 +254,8 @@ def main(argv=None) -> None:
             print(f"  data-free {kw}: top-1 {top1:.2f} ({secs:.0f} s)", flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    out = {"fp": fp, "n": len(data), "sizes": sizes, "costs": costs, "summed_cost": summed}
-    out.update(widths={"stream": own, "oracle": oracle}, rows=rows, sweep=sweep)
+    out = {"fp": fp, "n": len(data), "ratio": args.ratio, "sizes": sizes, "costs": costs, "summed_cost": summed}
+    out.update(widths=allocations, traces=traces, rows=rows, sweep=sweep)
     (args.out / "lite0_ceiling.json").write_text(json.dumps(out, indent=1) + "\n")
     cmd = " ".join(["python benchmarks/lite0_ceiling.py", *(sys.argv[1:] if argv is None else argv)])
     md = [
@@ -179,12 +267,18 @@ def main(argv=None) -> None:
         "",
         "## Each group pruned alone (udfc+, float weights): cost in top-1 points",
         "",
-        "| group | channels | " + " | ".join(f"{r:.0%}" for r in args.ratios) + " | stream keeps | oracle keeps |",
-        "|---|---|" + "---|" * len(args.ratios) + "---|---|",
+        "| group | channels | "
+        + " | ".join(f"{r:.0%}" for r in args.ratios)
+        + "".join(f" | {a.replace('_', ' ')} keeps" for a in allocations)
+        + " |",
+        "|---|---|" + "---|" * (len(args.ratios) + len(allocations)),
     ]
     cell = lambda name, r: f"{costs[name][r]:.1f}" if r in costs[name] else "-"  # noqa: E731
     md += [
-        f"| {name} | {n} | " + " | ".join(cell(name, r) for r in args.ratios) + f" | {own[name]} | {oracle[name]} |"
+        f"| {name} | {n} | "
+        + " | ".join(cell(name, r) for r in args.ratios)
+        + "".join(f" | {w[name]}" for w in allocations.values())
+        + " |"
         for name, n in sizes.items()
     ]
     pruned = sum(sizes.values()) - sum(oracle.values())
@@ -192,6 +286,16 @@ def main(argv=None) -> None:
         "",
         f"The oracle allocation prunes {pruned} of {sum(sizes.values())} channels; its groups' costs alone add up to "
         f"{summed:.1f} points.",
+    ]
+    for alloc, t in traces.items():
+        where = "of the scored images" if alloc == "joint" else "distilled from the BN statistics (no data)"
+        md += [
+            "",
+            f"The {alloc.replace('_', ' ')} allocation: {len(t['steps'])} greedy steps measured together on "
+            f"{t['images']} images {where}, KL {t['steps'][-1][2] if t['steps'] else 0:.3f} at the last, "
+            f"{t['seconds']:.0f} s.",
+        ]
+    md += [
         "",
         "## Together",
         "",
@@ -200,7 +304,7 @@ def main(argv=None) -> None:
     ]
     images = lambda n: f"{n} real" if n else "none (no refit)"  # noqa: E731
     md += [
-        f"| {r['allocation']} | {images(r['real_images'])} | {r['bits'] or 'float'}"
+        f"| {r['allocation'].replace('_', ' ')} | {images(r['real_images'])} | {r['bits'] or 'float'}"
         f"{', probe rounding' if r['kwargs'].get('rounding') else ''} | {r['top1']:.2f} | {fp - r['top1']:.2f} | "
         f"{r['macs'] / 1e6:.1f} M |"
         for r in rows

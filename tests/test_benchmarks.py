@@ -65,12 +65,13 @@ def test_lite0_ceiling_smoke(tmp_path, monkeypatch):
     monkeypatch.setattr(udfc_hub.engine, "DISTILL_STEPS", 5)  # the data-free refit row runs end to end only
     bench = _load("lite0_ceiling")
     argv = ["--limit", "8", "--ratios", "0.6", "--groups", "blocks.5.3.conv_pw", "--real", "2", "--sweep", "0.1"]
-    bench.main([*argv, "--out", str(tmp_path)])
+    bench.main([*argv, "--joint-images", "0", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "lite0_ceiling.json").read_text())
     # only the measured group can give channels to the oracle, up to 60 % of it; the others stay whole
-    oracle = result["widths"]["oracle"]
+    oracle, sizes = result["widths"]["oracle"], result["sizes"]
     assert oracle["blocks.5.3.conv_pw"] == 1152 - int(0.6 * 1152)
-    assert all(oracle[k] == n for k, n in result["sizes"].items() if k != "blocks.5.3.conv_pw")
+    assert all(oracle[k] == n for k, n in sizes.items() if k != "blocks.5.3.conv_pw")
+    assert set(result["widths"]) == {"stream", "oracle"} and result["traces"] == {}
     assert [(r["allocation"], r["real_images"], r["bits"]) for r in result["rows"]] == [
         (a, real, bits) for a in ("stream", "oracle") for real, bits in ((0, None), (2, None), (2, 6))
     ]
@@ -78,6 +79,20 @@ def test_lite0_ceiling_smoke(tmp_path, monkeypatch):
     md = (tmp_path / "lite0_ceiling.md").read_text()
     assert "| blocks.5.3.conv_pw | 1152 |" in md and "| conv_head | 1280 | - |" in md
     assert "| stream | none (no refit) | float |" in md and "| oracle | 2 real | 6, probe rounding |" in md
+
+    # the joint oracles added to that run (--reuse): one step of the measured group (half of it with 2 steps), the
+    # earlier stages taken from the JSON as they were
+    first = tmp_path / "first.json"
+    (tmp_path / "lite0_ceiling.json").rename(first)
+    bench.main([*argv, "--joint-images", "2", "--joint-steps", "2", "--reuse", str(first), "--out", str(tmp_path)])
+    again = json.loads((tmp_path / "lite0_ceiling.json").read_text())
+    for alloc in ("joint", "joint_distilled"):
+        assert again["widths"][alloc] == {k: (576 if k == "blocks.5.3.conv_pw" else n) for k, n in sizes.items()}
+        assert [s[:2] for s in again["traces"][alloc]["steps"]] == [["blocks.5.3.conv_pw", 576]]
+    assert again["traces"]["joint"]["images"] == 2 and again["traces"]["joint_distilled"]["images"] == 8
+    assert again["rows"][:6] == result["rows"] and again["sweep"] == result["sweep"]
+    assert [r["allocation"] for r in again["rows"][6:]] == ["joint"] * 3 + ["joint_distilled"] * 3
+    assert "| joint distilled | 2 real | 6, probe rounding |" in (tmp_path / "lite0_ceiling.md").read_text()
 
 
 def test_speed_smoke(tmp_path):
