@@ -13,10 +13,12 @@ target of a drop <= 5 at 30 % of the expansion channels (and the head) + 6-bit w
 3. A joint oracle allocation (``--joint-images``): the same 30 % spread by a lazy greedy that measures the groups
    together, each step pruning one more eighth of one group, the step that adds the least KL divergence from the
    original's predictions per channel, on ``--joint-images`` of the scored images; and the same greedy measured on
-   udfc-hub's distilled images instead (``refit="distilled"``'s 8, no data: would it do as a method?).
-4. Those allocations and ``layer_ratios="stream"`` scored together, float, then with the refit
-   (``refit="distilled"``) given ``--real`` real sample images that are not scored in place of distilled ones,
-   and at 6 bits with ``rounding="probe"``.
+   udfc-hub's distilled images instead (``refit="distilled"``'s 8, no data: would it do as a method?), once per
+   seed of ``--distill-seeds`` (the first 0: the images the refit uses; others: how much the set matters).
+4. Those allocations and ``layer_ratios="stream"`` scored together, float and at 6 bits with
+   ``rounding="probe"``, then with the refit (``refit="distilled"``) given ``--real`` real sample images that are
+   not scored in place of distilled ones, and at 6 bits with the refit on udfc-hub's own distilled images (the
+   data-free pipeline with that allocation).
 5. For comparison, udfc-hub as it is (no data) at each of ``--sweep``'s ratios, 6-bit weights:
    ``layer_ratios="stream"``, and with the refit on distilled images and ``rounding="probe"``.
 
@@ -33,7 +35,7 @@ import json
 import os
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +155,7 @@ def main(argv=None) -> None:
     ap.add_argument("--sweep", nargs="*", type=float, default=[0.1, 0.2, 0.3], help="ratios of the data-free rows")
     ap.add_argument("--joint-images", type=int, default=128, help="scored images the joint oracle measures (0: none)")
     ap.add_argument("--joint-steps", type=int, default=8, help="the joint oracle prunes a group in 1/N steps")
+    ap.add_argument("--distill-seeds", nargs="+", type=int, default=[0], help="a joint allocation per distilled set")
     ap.add_argument("--reuse", type=Path, help="an earlier run's JSON: its stages are taken, not run again")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = ap.parse_args(argv)
@@ -194,7 +197,8 @@ def main(argv=None) -> None:
     allocations = {"stream": own, "oracle": oracle}
     traces = dict(old.get("traces", {}))
     measured = [name for name in sizes if not args.groups or name in args.groups]
-    for alloc in ("joint", "joint_distilled"):
+    seeds = {("joint_distilled" if seed == 0 else f"joint_distilled_seed{seed}"): seed for seed in args.distill_seeds}
+    for alloc in ["joint", *reversed(seeds)]:  # seed 0 last: the distillation the refit rows below use stays cached
         if alloc in old.get("widths", {}):
             allocations[alloc] = old["widths"][alloc]
             continue
@@ -203,44 +207,53 @@ def main(argv=None) -> None:
         if alloc == "joint":
             pick = np.linspace(0, len(data) - 1, min(args.joint_images, len(data))).round().astype(int)
             images = torch.stack([transform(data.image(int(i))) for i in pick])
-        else:  # what refit="distilled" distils (the in-memory cache then serves the data-free sweep below)
+        else:  # what refit="distilled" distils (seed 0: the in-memory cache then serves the rows below)
             size = tuple(timm.data.resolve_data_config({}, model=model)["input_size"])
-            images = distill_images(model, size, probe_batch_size(size), engine.DISTILL_STEPS)[0]
+            images = distill_images(model, size, probe_batch_size(size), engine.DISTILL_STEPS, seed=seeds[alloc])[0]
         start = time.perf_counter()
         widths, trace = joint_allocation(model, sizes, measured, images, args.ratio, args.joint_steps)
         allocations[alloc] = widths
         traces[alloc] = {"images": len(images), "steps": trace, "seconds": time.perf_counter() - start}
+        if alloc in seeds:
+            traces[alloc]["seed"] = seeds[alloc]
         print(f"{alloc} allocation: {len(trace)} steps, {traces[alloc]['seconds']:.0f} s", flush=True)
+    allocations = {a: allocations[a] for a in ["stream", "oracle", "joint", *seeds] if a in allocations}
 
+    # (refit images: 0 none, N real, "distilled" udfc-hub's own; bits; extra keyword arguments)
+    probe = {"rounding": "probe"}
+    plans = [(0, None, {}), (0, 6, probe), *[(n, None, {}) for n in args.real], (max(args.real), 6, probe)]
+    plans.append(("distilled", 6, probe))
     rows = [r for r in old.get("rows", []) if r["allocation"] in allocations]
-    plans = [(None, None, {}), *[(n, None, {}) for n in args.real], (max(args.real), 6, {"rounding": "probe"})]
+    done = {(r["allocation"], r["real_images"], json.dumps(r["kwargs"], sort_keys=True)) for r in rows}
     for alloc, widths in allocations.items():
-        if any(r["allocation"] == alloc for r in rows):
-            continue
         for real, bits, extra in plans:
             kw = dict(prune_ratio=args.ratio, bits=bits, **extra, **({"refit": "distilled"} if real else {}))
+            real = 0 if real == "distilled" else real
+            kwargs = {k: v for k, v in kw.items() if k != "prune_ratio"}
+            if (alloc, real, json.dumps(kwargs, sort_keys=True)) in done:
+                continue
             pick = [held[j] for j in np.linspace(0, len(held) - 1, real).round().astype(int)] if real else []
             bank = torch.stack([transform(full.image(i)) for i in pick]) if pick else None
+            real_bank = replaced("distill_images", lambda *a, b=bank, **k: (b, 0.0, 0.0)) if real else nullcontext()
             start = time.perf_counter()
-            with (
-                replaced("allocate_widths", lambda *a, w=widths, **k: dict(w)),
-                replaced("distill_images", lambda *a, b=bank, **k: (b, 0.0, 0.0)),
-            ):
+            with replaced("allocate_widths", lambda *a, w=widths, **k: dict(w)), real_bank:
                 result = udfc_hub.compress(model, **kw)
             secs = time.perf_counter() - start
             top1 = score(result.model)
             rows.append(
                 {
                     "allocation": alloc,
-                    "real_images": real or 0,
+                    "real_images": real,
                     "bits": bits,
-                    "kwargs": {k: v for k, v in kw.items() if k != "prune_ratio"},
+                    "kwargs": kwargs,
                     "top1": top1,
                     "macs": result.report.after.macs,
                     "seconds": secs,
                 }
             )
-            print(f"  {alloc} real={real or 0} bits={bits}: top-1 {top1:.2f} ({secs:.0f} s)", flush=True)
+            print(f"  {alloc} {kwargs} real={real}: top-1 {top1:.2f} ({secs:.0f} s)", flush=True)
+    order = {a: i for i, a in enumerate(allocations)}
+    rows.sort(key=lambda r: (order[r["allocation"]], "refit" in r["kwargs"], r["real_images"] or 1e9, bool(r["bits"])))
 
     sweep = old.get("sweep", [])
     for r in [] if sweep else args.sweep:
@@ -288,7 +301,9 @@ def main(argv=None) -> None:
         f"{summed:.1f} points.",
     ]
     for alloc, t in traces.items():
-        where = "of the scored images" if alloc == "joint" else "distilled from the BN statistics (no data)"
+        where = "of the scored images"
+        if alloc != "joint":
+            where = f"distilled from the BN statistics (no data; seed {t.get('seed', 0)})"
         md += [
             "",
             f"The {alloc.replace('_', ' ')} allocation: {len(t['steps'])} greedy steps measured together on "
@@ -302,9 +317,14 @@ def main(argv=None) -> None:
         "| allocation | refit images | weights | top-1 | drop | MACs |",
         "|---|---|---|---|---|---|",
     ]
-    images = lambda n: f"{n} real" if n else "none (no refit)"  # noqa: E731
+
+    def images(r):
+        if r["real_images"]:
+            return f"{r['real_images']} real"
+        return "distilled (no data)" if "refit" in r["kwargs"] else "none (no refit)"
+
     md += [
-        f"| {r['allocation'].replace('_', ' ')} | {images(r['real_images'])} | {r['bits'] or 'float'}"
+        f"| {r['allocation'].replace('_', ' ')} | {images(r)} | {r['bits'] or 'float'}"
         f"{', probe rounding' if r['kwargs'].get('rounding') else ''} | {r['top1']:.2f} | {fp - r['top1']:.2f} | "
         f"{r['macs'] / 1e6:.1f} M |"
         for r in rows

@@ -72,27 +72,34 @@ def test_lite0_ceiling_smoke(tmp_path, monkeypatch):
     assert oracle["blocks.5.3.conv_pw"] == 1152 - int(0.6 * 1152)
     assert all(oracle[k] == n for k, n in sizes.items() if k != "blocks.5.3.conv_pw")
     assert set(result["widths"]) == {"stream", "oracle"} and result["traces"] == {}
-    assert [(r["allocation"], r["real_images"], r["bits"]) for r in result["rows"]] == [
-        (a, real, bits) for a in ("stream", "oracle") for real, bits in ((0, None), (2, None), (2, 6))
-    ]
+    # per allocation: no refit (float, 6-bit), the refit on 2 real images (float, 6-bit), on distilled ones (6-bit)
+    plans = [(0, None, None), (0, 6, None), (2, None, "distilled"), (2, 6, "distilled"), (0, 6, "distilled")]
+    rows = [(r["allocation"], r["real_images"], r["bits"], r["kwargs"].get("refit")) for r in result["rows"]]
+    assert rows == [(a, *plan) for a in ("stream", "oracle") for plan in plans]
     assert [r["kwargs"].get("refit") for r in result["sweep"]] == [None, "distilled"]
     md = (tmp_path / "lite0_ceiling.md").read_text()
     assert "| blocks.5.3.conv_pw | 1152 |" in md and "| conv_head | 1280 | - |" in md
     assert "| stream | none (no refit) | float |" in md and "| oracle | 2 real | 6, probe rounding |" in md
+    assert "| oracle | distilled (no data) | 6, probe rounding |" in md
 
-    # the joint oracles added to that run (--reuse): one step of the measured group (half of it with 2 steps), the
-    # earlier stages taken from the JSON as they were
+    # the joint oracles added to that run (--reuse): one step of the measured group (half of it with 2 steps), on the
+    # scored images and on a second set of distilled ones (seed 1); the earlier stages taken from the JSON as they were
     first = tmp_path / "first.json"
     (tmp_path / "lite0_ceiling.json").rename(first)
-    bench.main([*argv, "--joint-images", "2", "--joint-steps", "2", "--reuse", str(first), "--out", str(tmp_path)])
+    more = ["--joint-images", "2", "--joint-steps", "2", "--distill-seeds", "1", "--reuse", str(first)]
+    bench.main([*argv, *more, "--out", str(tmp_path)])
     again = json.loads((tmp_path / "lite0_ceiling.json").read_text())
-    for alloc in ("joint", "joint_distilled"):
+    joint = ["joint", "joint_distilled_seed1"]
+    assert list(again["widths"]) == ["stream", "oracle", *joint]
+    for alloc in joint:
         assert again["widths"][alloc] == {k: (576 if k == "blocks.5.3.conv_pw" else n) for k, n in sizes.items()}
         assert [s[:2] for s in again["traces"][alloc]["steps"]] == [["blocks.5.3.conv_pw", 576]]
-    assert again["traces"]["joint"]["images"] == 2 and again["traces"]["joint_distilled"]["images"] == 8
-    assert again["rows"][:6] == result["rows"] and again["sweep"] == result["sweep"]
-    assert [r["allocation"] for r in again["rows"][6:]] == ["joint"] * 3 + ["joint_distilled"] * 3
-    assert "| joint distilled | 2 real | 6, probe rounding |" in (tmp_path / "lite0_ceiling.md").read_text()
+    traces = again["traces"]
+    assert [traces[a]["images"] for a in joint] == [2, 8] and [traces[a].get("seed") for a in joint] == [None, 1]
+    assert again["rows"][:10] == result["rows"] and again["sweep"] == result["sweep"]
+    assert [r["allocation"] for r in again["rows"][10:]] == [a for a in joint for _ in plans]
+    md = (tmp_path / "lite0_ceiling.md").read_text()
+    assert "| joint distilled seed1 | 2 real | 6, probe rounding |" in md and "(no data; seed 1)" in md
 
 
 def test_speed_smoke(tmp_path):
