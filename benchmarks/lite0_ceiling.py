@@ -110,7 +110,7 @@ def joint_allocation(model, sizes: dict[str, int], prunable, images, ratio: floa
 
     def kl(widths):
         with replaced("allocate_widths", lambda *a, w=widths, **k: dict(w)):
-            m = udfc_hub.compress(model, prune_ratio=ratio, bits=None, layer_ratios="moments").model.eval()
+            m = udfc_hub.compress(model, prune_ratio=ratio, bits=None).model.eval()
         with torch.no_grad():
             out = torch.log_softmax(m(images), -1)
         return float((ref.exp() * (ref - out)).sum(-1).mean())
@@ -193,7 +193,8 @@ def main(argv=None) -> None:
 
     scored = set(np.linspace(0, len(full) - 1, len(data)).round().astype(int).tolist())
     held = [i for i in range(len(full)) if i not in scored]
-    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+    data_config = timm.data.resolve_data_config({}, model=model)
+    transform = timm.data.create_transform(**data_config)
     allocations = {"stream": own, "oracle": oracle}
     traces = dict(old.get("traces", {}))
     measured = [name for name in sizes if not args.groups or name in args.groups]
@@ -208,7 +209,7 @@ def main(argv=None) -> None:
             pick = np.linspace(0, len(data) - 1, min(args.joint_images, len(data))).round().astype(int)
             images = torch.stack([transform(data.image(int(i))) for i in pick])
         else:  # what refit="distilled" distils (seed 0: the in-memory cache then serves the rows below)
-            size = tuple(timm.data.resolve_data_config({}, model=model)["input_size"])
+            size = tuple(data_config["input_size"])
             images = distill_images(model, size, probe_batch_size(size), engine.DISTILL_STEPS, seed=seeds[alloc])[0]
         start = time.perf_counter()
         widths, trace = joint_allocation(model, sizes, measured, images, args.ratio, args.joint_steps)
@@ -219,16 +220,16 @@ def main(argv=None) -> None:
         print(f"{alloc} allocation: {len(trace)} steps, {traces[alloc]['seconds']:.0f} s", flush=True)
     allocations = {a: allocations[a] for a in ["stream", "oracle", "joint", *seeds] if a in allocations}
 
-    # (refit images: 0 none, N real, "distilled" udfc-hub's own; bits; extra keyword arguments)
-    probe = {"rounding": "probe"}
-    plans = [(0, None, {}), (0, 6, probe), *[(n, None, {}) for n in args.real], (max(args.real), 6, probe)]
-    plans.append(("distilled", 6, probe))
+    # (real images in place of the distilled ones, 0: none; bits; extra keyword arguments): no refit, the refit on
+    # real images, and the refit on udfc-hub's own distilled images
+    probe, refit = {"rounding": "probe"}, {"refit": "distilled"}
+    plans = [(0, None, {}), (0, 6, probe), *[(n, None, refit) for n in args.real], (max(args.real), 6, probe | refit)]
+    plans.append((0, 6, probe | refit))
     rows = [r for r in old.get("rows", []) if r["allocation"] in allocations]
     done = {(r["allocation"], r["real_images"], json.dumps(r["kwargs"], sort_keys=True)) for r in rows}
     for alloc, widths in allocations.items():
         for real, bits, extra in plans:
-            kw = dict(prune_ratio=args.ratio, bits=bits, **extra, **({"refit": "distilled"} if real else {}))
-            real = 0 if real == "distilled" else real
+            kw = dict(prune_ratio=args.ratio, bits=bits, **extra)
             kwargs = {k: v for k, v in kw.items() if k != "prune_ratio"}
             if (alloc, real, json.dumps(kwargs, sort_keys=True)) in done:
                 continue
