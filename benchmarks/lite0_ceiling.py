@@ -14,7 +14,8 @@ target of a drop <= 5 at 30 % of the expansion channels (and the head) + 6-bit w
    together, each step pruning one more eighth of one group, the step that adds the least KL divergence from the
    original's predictions per channel, on ``--joint-images`` of the scored images; and the same greedy measured on
    udfc-hub's distilled images instead (``refit="distilled"``'s 8, no data: would it do as a method?), once per
-   seed of ``--distill-seeds`` (the first 0: the images the refit uses; others: how much the set matters).
+   seed of ``--distill-seeds`` (0: the images the refit uses; others: how much the set matters; ``2+3``: the sets
+   of seeds 2 and 3 together, 16 images, to tell a thin set from a poor measure).
 4. Those allocations and ``layer_ratios="stream"`` scored together, float and at 6 bits with
    ``rounding="probe"``, then with the refit (``refit="distilled"``) given ``--real`` real sample images that are
    not scored in place of distilled ones, and at 6 bits with the refit on udfc-hub's own distilled images (the
@@ -78,6 +79,22 @@ def widths_of(model, **kw) -> dict[str, int]:
     with replaced("allocate_widths", spy):
         udfc_hub.compress(model, **kw)
     return seen
+
+
+def parse_pool(text: str) -> tuple[int, ...]:
+    """``--distill-seeds`` item: ``"3"`` one distilled set, ``"2+3"`` the sets of seeds 2 and 3 together."""
+    try:
+        pool = tuple(sorted({int(s) for s in text.split("+")}))
+    except ValueError:
+        raise SystemExit(f"--distill-seeds {text!r}: expected integer seeds, alone or joined by '+' (2+3)") from None
+    return pool
+
+
+def pool_name(pool: tuple[int, ...]) -> str:
+    """The allocation's name: seed 0 alone is the refit's own set (``joint_distilled``), as in earlier runs."""
+    if pool == (0,):
+        return "joint_distilled"
+    return f"joint_distilled_seed{pool[0]}" if len(pool) == 1 else "joint_distilled_seeds" + "+".join(map(str, pool))
 
 
 def oracle_allocation(sizes: dict[str, int], costs: dict[str, dict[float, float]], ratio: float):
@@ -155,7 +172,9 @@ def main(argv=None) -> None:
     ap.add_argument("--sweep", nargs="*", type=float, default=[0.1, 0.2, 0.3], help="ratios of the data-free rows")
     ap.add_argument("--joint-images", type=int, default=128, help="scored images the joint oracle measures (0: none)")
     ap.add_argument("--joint-steps", type=int, default=8, help="the joint oracle prunes a group in 1/N steps")
-    ap.add_argument("--distill-seeds", nargs="+", type=int, default=[0], help="a joint allocation per distilled set")
+    ap.add_argument(
+        "--distill-seeds", nargs="+", default=["0"], help="a joint allocation per distilled set (2+3: two sets pooled)"
+    )
     ap.add_argument("--reuse", type=Path, help="an earlier run's JSON: its stages are taken, not run again")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = ap.parse_args(argv)
@@ -198,8 +217,9 @@ def main(argv=None) -> None:
     allocations = {"stream": own, "oracle": oracle}
     traces = dict(old.get("traces", {}))
     measured = [name for name in sizes if not args.groups or name in args.groups]
-    seeds = {("joint_distilled" if seed == 0 else f"joint_distilled_seed{seed}"): seed for seed in args.distill_seeds}
-    for alloc in ["joint", *reversed(seeds)]:  # seed 0 last: the distillation the refit rows below use stays cached
+    seeds = {pool_name(pool): pool for pool in map(parse_pool, args.distill_seeds)}
+    # the sets holding seed 0 last: the distillation the refit rows below use stays cached
+    for alloc in ["joint", *sorted(seeds, key=lambda a: 0 in seeds[a])]:
         if alloc in old.get("widths", {}):
             allocations[alloc] = old["widths"][alloc]
             continue
@@ -210,13 +230,16 @@ def main(argv=None) -> None:
             images = torch.stack([transform(data.image(int(i))) for i in pick])
         else:  # what refit="distilled" distils (seed 0: the in-memory cache then serves the rows below)
             size = tuple(data_config["input_size"])
-            images = distill_images(model, size, probe_batch_size(size), engine.DISTILL_STEPS, seed=seeds[alloc])[0]
+            n = probe_batch_size(size)
+            sets = [distill_images(model, size, n, engine.DISTILL_STEPS, seed=s)[0] for s in sorted(seeds[alloc])[::-1]]
+            images = torch.cat(sets)
         start = time.perf_counter()
         widths, trace = joint_allocation(model, sizes, measured, images, args.ratio, args.joint_steps)
         allocations[alloc] = widths
         traces[alloc] = {"images": len(images), "steps": trace, "seconds": time.perf_counter() - start}
-        if alloc in seeds:
-            traces[alloc]["seed"] = seeds[alloc]
+        if alloc in seeds:  # one seed as a number (as the runs before pooled sets), a pool as a list
+            pool = seeds[alloc]
+            traces[alloc]["seed" if len(pool) == 1 else "seeds"] = pool[0] if len(pool) == 1 else list(pool)
         print(f"{alloc} allocation: {len(trace)} steps, {traces[alloc]['seconds']:.0f} s", flush=True)
     allocations = {a: allocations[a] for a in ["stream", "oracle", "joint", *seeds] if a in allocations}
 
@@ -304,7 +327,8 @@ def main(argv=None) -> None:
     for alloc, t in traces.items():
         where = "of the scored images"
         if alloc != "joint":
-            where = f"distilled from the BN statistics (no data; seed {t.get('seed', 0)})"
+            pool = "+".join(map(str, t["seeds"])) if "seeds" in t else t.get("seed", 0)
+            where = f"distilled from the BN statistics (no data; seed{'s' if 'seeds' in t else ''} {pool})"
         md += [
             "",
             f"The {alloc.replace('_', ' ')} allocation: {len(t['steps'])} greedy steps measured together on "
