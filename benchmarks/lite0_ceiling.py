@@ -15,7 +15,9 @@ target of a drop <= 5 at 30 % of the expansion channels (and the head) + 6-bit w
    original's predictions per channel, on ``--joint-images`` of the scored images; and the same greedy measured on
    udfc-hub's distilled images instead (``refit="distilled"``'s 8, no data: would it do as a method?), once per
    seed of ``--distill-seeds`` (0: the images the refit uses; others: how much the set matters; ``2+3``: the sets
-   of seeds 2 and 3 together, 16 images, to tell a thin set from a poor measure).
+   of seeds 2 and 3 together, 16 images, to tell a thin set from a poor measure; ``2+3:pipeline``: the search
+   measures the model as the data-free 6-bit pipeline leaves it, ``rounding="probe"`` and ``refit="distilled"``
+   on seed 0's images, instead of float weights without a refit).
 4. Those allocations and ``layer_ratios="stream"`` scored together, float and at 6 bits with
    ``rounding="probe"``, then with the refit (``refit="distilled"``) given ``--real`` real sample images that are
    not scored in place of distilled ones, and at 6 bits with the refit on udfc-hub's own distilled images (the
@@ -81,20 +83,27 @@ def widths_of(model, **kw) -> dict[str, int]:
     return seen
 
 
-def parse_pool(text: str) -> tuple[int, ...]:
-    """``--distill-seeds`` item: ``"3"`` one distilled set, ``"2+3"`` the sets of seeds 2 and 3 together."""
+PIPELINE = {"bits": 6, "rounding": "probe", "refit": "distilled"}  # what a ``:pipeline`` search measures
+
+
+def parse_pool(text: str) -> tuple[tuple[int, ...], bool]:
+    """``--distill-seeds`` item: ``"3"`` one distilled set, ``"2+3"`` the sets of seeds 2 and 3 together; a
+    ``":pipeline"`` suffix: the search measures the 6-bit pipeline (``PIPELINE``). Returns (seeds, pipeline)."""
+    seeds, sep, mode = text.partition(":")
     try:
-        pool = tuple(sorted({int(s) for s in text.split("+")}))
+        pool = tuple(sorted({int(s) for s in seeds.split("+")}))
     except ValueError:
-        raise SystemExit(f"--distill-seeds {text!r}: expected integer seeds, alone or joined by '+' (2+3)") from None
-    return pool
+        pool = ()
+    if not pool or (sep and mode != "pipeline"):
+        raise SystemExit(f"--distill-seeds {text!r}: expected integer seeds joined by '+', then optionally ':pipeline'")
+    return pool, bool(sep)
 
 
-def pool_name(pool: tuple[int, ...]) -> str:
+def pool_name(pool: tuple[int, ...], pipeline: bool = False) -> str:
     """The allocation's name: seed 0 alone is the refit's own set (``joint_distilled``), as in earlier runs."""
-    if pool == (0,):
-        return "joint_distilled"
-    return f"joint_distilled_seed{pool[0]}" if len(pool) == 1 else "joint_distilled_seeds" + "+".join(map(str, pool))
+    name = "joint_distilled" + ("" if pool == (0,) else "_seed" if len(pool) == 1 else "_seeds")
+    name += "" if pool == (0,) else "+".join(map(str, pool))
+    return name + ("_pipeline" if pipeline else "")
 
 
 def oracle_allocation(sizes: dict[str, int], costs: dict[str, dict[float, float]], ratio: float):
@@ -114,9 +123,10 @@ def oracle_allocation(sizes: dict[str, int], costs: dict[str, dict[float, float]
     return widths, sum(float(curves[name][n - widths[name]]) for name, n in sizes.items())
 
 
-def joint_allocation(model, sizes: dict[str, int], prunable, images, ratio: float, steps: int, log=print):
+def joint_allocation(model, sizes: dict[str, int], prunable, images, ratio: float, steps: int, log=print, **kw):
     """Lazy greedy over the ``prunable`` groups measured together: each step prunes one more ``1/steps`` of one
-    group (at most ``steps - 1`` of them; udfc+ with those widths, float), the step that adds the least KL
+    group (at most ``steps - 1`` of them; udfc+ with those widths, float unless ``kw`` (more keyword arguments of
+    ``compress``) says otherwise), the step that adds the least KL
     divergence of the compressed model's predictions on ``images`` from the original's, per channel it removes,
     until ``ratio`` of all channels (of every group in ``sizes``) are gone (the last step trimmed to land on the
     count). A step's cost is measured again only when it reaches the top of the heap after another step was taken
@@ -127,7 +137,7 @@ def joint_allocation(model, sizes: dict[str, int], prunable, images, ratio: floa
 
     def kl(widths):
         with replaced("allocate_widths", lambda *a, w=widths, **k: dict(w)):
-            m = udfc_hub.compress(model, prune_ratio=ratio, bits=None).model.eval()
+            m = udfc_hub.compress(model, **{"prune_ratio": ratio, "bits": None, **kw}).model.eval()
         with torch.no_grad():
             out = torch.log_softmax(m(images), -1)
         return float((ref.exp() * (ref - out)).sum(-1).mean())
@@ -217,7 +227,8 @@ def main(argv=None) -> None:
     allocations = {"stream": own, "oracle": oracle}
     traces = dict(old.get("traces", {}))
     measured = [name for name in sizes if not args.groups or name in args.groups]
-    seeds = {pool_name(pool): pool for pool in map(parse_pool, args.distill_seeds)}
+    searches = {pool_name(*item): item for item in map(parse_pool, args.distill_seeds)}
+    seeds = {name: pool for name, (pool, _) in searches.items()}
     # the sets holding seed 0 last: the distillation the refit rows below use stays cached
     for alloc in ["joint", *sorted(seeds, key=lambda a: 0 in seeds[a])]:
         if alloc in old.get("widths", {}):
@@ -234,12 +245,15 @@ def main(argv=None) -> None:
             sets = [distill_images(model, size, n, engine.DISTILL_STEPS, seed=s)[0] for s in sorted(seeds[alloc])[::-1]]
             images = torch.cat(sets)
         start = time.perf_counter()
-        widths, trace = joint_allocation(model, sizes, measured, images, args.ratio, args.joint_steps)
+        kw = PIPELINE if alloc in searches and searches[alloc][1] else {}
+        widths, trace = joint_allocation(model, sizes, measured, images, args.ratio, args.joint_steps, **kw)
         allocations[alloc] = widths
         traces[alloc] = {"images": len(images), "steps": trace, "seconds": time.perf_counter() - start}
         if alloc in seeds:  # one seed as a number (as the runs before pooled sets), a pool as a list
             pool = seeds[alloc]
             traces[alloc]["seed" if len(pool) == 1 else "seeds"] = pool[0] if len(pool) == 1 else list(pool)
+        if kw:
+            traces[alloc]["measured"] = kw
         print(f"{alloc} allocation: {len(trace)} steps, {traces[alloc]['seconds']:.0f} s", flush=True)
     allocations = {a: allocations[a] for a in ["stream", "oracle", "joint", *seeds] if a in allocations}
 
@@ -329,6 +343,10 @@ def main(argv=None) -> None:
         if alloc != "joint":
             pool = "+".join(map(str, t["seeds"])) if "seeds" in t else t.get("seed", 0)
             where = f"distilled from the BN statistics (no data; seed{'s' if 'seeds' in t else ''} {pool})"
+        if "measured" in t:
+            where += ", the model measured as " + ", ".join(f"{k}={v!r}" for k, v in t["measured"].items())
+        else:
+            where += ", the model measured with float weights and no refit"
         md += [
             "",
             f"The {alloc.replace('_', ' ')} allocation: {len(t['steps'])} greedy steps measured together on "

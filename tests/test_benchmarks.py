@@ -83,24 +83,28 @@ def test_lite0_ceiling_smoke(tmp_path, monkeypatch):
     assert "| oracle | distilled (no data) | 6, probe rounding |" in md
 
     # the joint oracles added to that run (--reuse): one step of the measured group (half of it with 2 steps), on the
-    # scored images and on two other sets of distilled ones pooled (seeds 1+2, 16 images); the earlier stages taken
-    # from the JSON as they were
+    # scored images and on two other sets of distilled ones pooled (seeds 1+2, 16 images) with the model measured as
+    # the 6-bit pipeline leaves it (probe rounding, the refit); the earlier stages taken from the JSON as they were
     first = tmp_path / "first.json"
     (tmp_path / "lite0_ceiling.json").rename(first)
-    more = ["--joint-images", "2", "--joint-steps", "2", "--distill-seeds", "1+2", "--reuse", str(first)]
+    more = ["--joint-images", "2", "--joint-steps", "2", "--distill-seeds", "1+2:pipeline", "--reuse", str(first)]
     bench.main([*argv, *more, "--out", str(tmp_path)])
     again = json.loads((tmp_path / "lite0_ceiling.json").read_text())
-    joint = ["joint", "joint_distilled_seeds1+2"]
+    joint = ["joint", "joint_distilled_seeds1+2_pipeline"]
     assert list(again["widths"]) == ["stream", "oracle", *joint]
     for alloc in joint:
         assert again["widths"][alloc] == {k: (576 if k == "blocks.5.3.conv_pw" else n) for k, n in sizes.items()}
         assert [s[:2] for s in again["traces"][alloc]["steps"]] == [["blocks.5.3.conv_pw", 576]]
     traces = again["traces"]
-    assert [traces[a]["images"] for a in joint] == [2, 16] and traces["joint_distilled_seeds1+2"]["seeds"] == [1, 2]
+    pooled = traces["joint_distilled_seeds1+2_pipeline"]
+    assert [traces[a]["images"] for a in joint] == [2, 16] and pooled["seeds"] == [1, 2]
+    assert pooled["measured"] == {"bits": 6, "rounding": "probe", "refit": "distilled"}
+    assert "measured" not in traces["joint"]
     assert again["rows"][:10] == result["rows"] and again["sweep"] == result["sweep"]
     assert [r["allocation"] for r in again["rows"][10:]] == [a for a in joint for _ in plans]
     md = (tmp_path / "lite0_ceiling.md").read_text()
-    assert "| joint distilled seeds1+2 | 2 real | 6, probe rounding |" in md and "(no data; seeds 1+2)" in md
+    assert "| joint distilled seeds1+2 pipeline | 2 real | 6, probe rounding |" in md
+    assert "(no data; seeds 1+2), the model measured as bits=6, rounding='probe', refit='distilled'" in md
 
 
 def test_speed_smoke(tmp_path):
