@@ -96,6 +96,11 @@ def parse_pool(text: str) -> tuple[tuple[int, ...], bool]:
         pool = ()
     if not pool or (sep and mode != "pipeline"):
         raise SystemExit(f"--distill-seeds {text!r}: expected integer seeds joined by '+', then optionally ':pipeline'")
+    if sep and 0 in pool:  # the refit fits every layer on seed 0's images: a KL there would flatter it
+        raise SystemExit(
+            f"--distill-seeds {text!r}: a ':pipeline' search measures on images the refit does not see; "
+            "leave out seed 0 (e.g. 2+3:pipeline)"
+        )
     return pool, bool(sep)
 
 

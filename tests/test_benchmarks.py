@@ -107,6 +107,22 @@ def test_lite0_ceiling_smoke(tmp_path, monkeypatch):
     assert "(no data; seeds 1+2), the model measured as bits=6, rounding='probe', refit='distilled'" in md
 
 
+def test_lite0_ceiling_distill_seeds():
+    bench = _load("lite0_ceiling")
+    assert bench.parse_pool("3+2") == ((2, 3), False) and bench.parse_pool("2+3:pipeline") == ((2, 3), True)
+    names = [bench.pool_name(*bench.parse_pool(t)) for t in ("0", "1", "0+1", "2+3:pipeline")]
+    assert names == [
+        "joint_distilled",
+        "joint_distilled_seed1",
+        "joint_distilled_seeds0+1",
+        "joint_distilled_seeds2+3_pipeline",
+    ]
+    # the last: seed 0 is the refit's own set, which a pipeline search may not score on
+    for bad in ("x", "", "2+3:float", "0+1:pipeline"):
+        with pytest.raises(SystemExit, match="--distill-seeds"):
+            bench.parse_pool(bad)
+
+
 def test_speed_smoke(tmp_path):
     bench = _load("speed")
     bench.main(
