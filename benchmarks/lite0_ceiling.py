@@ -232,35 +232,34 @@ def main(argv=None) -> None:
     allocations = {"stream": own, "oracle": oracle}
     traces = dict(old.get("traces", {}))
     measured = [name for name in sizes if not args.groups or name in args.groups]
-    searches = {pool_name(*item): item for item in map(parse_pool, args.distill_seeds)}
-    seeds = {name: pool for name, (pool, _) in searches.items()}
+    searches = {pool_name(*item): item for item in map(parse_pool, args.distill_seeds)}  # name: (seeds, pipeline)
     # the sets holding seed 0 last: the distillation the refit rows below use stays cached
-    for alloc in ["joint", *sorted(seeds, key=lambda a: 0 in seeds[a])]:
+    for alloc in ["joint", *sorted(searches, key=lambda a: 0 in searches[a][0])]:
         if alloc in old.get("widths", {}):
             allocations[alloc] = old["widths"][alloc]
             continue
         if not args.joint_images:
             continue
+        pool, pipeline = searches.get(alloc, ((), False))  # (seeds sorted, as parse_pool returns them)
         if alloc == "joint":
             pick = np.linspace(0, len(data) - 1, min(args.joint_images, len(data))).round().astype(int)
             images = torch.stack([transform(data.image(int(i))) for i in pick])
         else:  # what refit="distilled" distils (seed 0: the in-memory cache then serves the rows below)
             size = tuple(data_config["input_size"])
             n = probe_batch_size(size)
-            sets = [distill_images(model, size, n, engine.DISTILL_STEPS, seed=s)[0] for s in sorted(seeds[alloc])[::-1]]
+            sets = [distill_images(model, size, n, engine.DISTILL_STEPS, seed=s)[0] for s in pool[::-1]]
             images = torch.cat(sets)
         start = time.perf_counter()
-        kw = PIPELINE if alloc in searches and searches[alloc][1] else {}
+        kw = PIPELINE if pipeline else {}
         widths, trace = joint_allocation(model, sizes, measured, images, args.ratio, args.joint_steps, **kw)
         allocations[alloc] = widths
         traces[alloc] = {"images": len(images), "steps": trace, "seconds": time.perf_counter() - start}
-        if alloc in seeds:  # one seed as a number (as the runs before pooled sets), a pool as a list
-            pool = seeds[alloc]
+        if pool:  # one seed as a number (as the runs before pooled sets), a pool as a list
             traces[alloc]["seed" if len(pool) == 1 else "seeds"] = pool[0] if len(pool) == 1 else list(pool)
         if kw:
             traces[alloc]["measured"] = kw
         print(f"{alloc} allocation: {len(trace)} steps, {traces[alloc]['seconds']:.0f} s", flush=True)
-    allocations = {a: allocations[a] for a in ["stream", "oracle", "joint", *seeds] if a in allocations}
+    allocations = {a: allocations[a] for a in ["stream", "oracle", "joint", *searches] if a in allocations}
 
     # (real images in place of the distilled ones, 0: none; bits; extra keyword arguments): no refit, the refit on
     # real images, and the refit on udfc-hub's own distilled images
