@@ -30,9 +30,22 @@ class _PackedWeightMixin:
                 f"codes {tuple(qt.codes.shape)}@{qt.bits}b ({qt.grid}) do not fit weight {tuple(self.weight.shape)}"
                 f"@{self.bits}b ({self.grid})"
             )
-        self.weight_packed = pack_codes(qt.codes, self.bits)
-        self.weight_scale = qt.scale.detach().to(torch.float32).cpu().contiguous()
+        # straight into the buffer table: both change together, so the weight is derived once, below
+        self._buffers["weight_packed"] = pack_codes(qt.codes, self.bits)
+        self._buffers["weight_scale"] = qt.scale.detach().to(torch.float32).cpu().contiguous()
         self._refresh_weight()
+
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        # Loaders that build on the meta device and assign each loaded buffer (transformers 5's from_pretrained)
+        # never fill ``weight``: it is not in the file. Derive it the moment its codes and scales are both real,
+        # so that no post-load step (transformers' kernelize, tie_weights, a device query) meets a meta weight.
+        # A real weight is left alone: surgery assigns the buffers one at a time while it reshapes the layer.
+        if name in ("weight_packed", "weight_scale") and isinstance(value, torch.Tensor) and not value.is_meta:
+            other = self._buffers.get("weight_scale" if name == "weight_packed" else "weight_packed")
+            weight = self._parameters.get("weight")
+            if weight is not None and weight.is_meta and other is not None and not other.is_meta:
+                self._refresh_weight()
 
     def quantized_tensor(self) -> QuantizedTensor:
         """The stored codes (unpacked, shaped like the weight), scale and bits."""
@@ -45,9 +58,11 @@ class _PackedWeightMixin:
         if self.weight.is_meta:  # loaders that build on the meta device (transformers) never fill ``weight``
             dtype = self.weight.dtype if self.weight.dtype.is_floating_point else torch.float32
             self.weight = nn.Parameter(w.to(self.weight_packed.device, dtype), self.weight.requires_grad)
-            return
-        with torch.no_grad():
-            self.weight.copy_(w.to(self.weight))
+        else:
+            with torch.no_grad():
+                self.weight.copy_(w.to(self.weight))
+        # transformers' flag for "holds loaded values": its missing-weight initialisation must not overwrite them
+        self.weight._is_hf_initialized = True
 
     def init_non_persistent_buffers(self) -> None:
         """Called by transformers' TimmWrapper after loading: the weight is derived from the loaded codes."""
