@@ -1,6 +1,7 @@
 """Bad inputs and faults, table-driven: every case ends in a udfc-hub error that names the problem (or a correct
 result), and nothing of the user's is lost or half-written. Grows with every bug found."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -314,6 +315,31 @@ def _nan_scale(folder):
     (folder / "model.safetensors").write_bytes(raw[:at] + struct.pack("<f", float("nan")) + raw[at + 4 :])
 
 
+def _set_tensor(folder, key, fn):
+    """Rewrite tensor ``key`` of the weights file in place (its header untouched) with ``fn(tensor)``; where
+    config.json records a digest, record the new file's, as a hostile file would: the bounds must hold alone."""
+    raw, n, header = _header(folder)
+    info = header[key]
+    start, stop = info["data_offsets"]
+    dtype = {"F32": torch.float32, "I32": torch.int32, "U8": torch.uint8}[info["dtype"]]
+    values = torch.frombuffer(bytearray(raw[8 + n + start : 8 + n + stop]), dtype=dtype).reshape(info["shape"])
+    new = fn(values.clone()).to(dtype).contiguous().numpy().tobytes()
+    assert len(new) == stop - start
+    (folder / "model.safetensors").write_bytes(raw[: 8 + n + start] + new + raw[8 + n + stop :])
+    config = json.loads((folder / "config.json").read_text())
+    if "weights_sha256" in config["udfc"]:
+        config["udfc"]["weights_sha256"] = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+        (folder / "config.json").write_text(json.dumps(config))
+
+
+def _first(value):
+    def fn(t):
+        t.view(-1)[0] = value
+        return t
+
+    return fn
+
+
 def _lying_header(folder):
     raw, n, header = _header(folder)
     header["linear.weight_scale"]["shape"] = [99, 1]  # same length: the header keeps its size
@@ -380,6 +406,23 @@ TAMPER = {
     ),
     "header lies": (_lying_header, "truncated or corrupt|has shape"),
     "NaN scale": (_nan_scale, "conv1.weight_scale holds NaN"),
+    # weight scales are max |w| per channel: >= 0, normal, bounded; 0 only for an all-zero channel (one code)
+    "zero weight scale": (
+        lambda f: _set_tensor(f, "layer1.0.conv2.weight_scale", _first(0.0)),
+        "layer1.0.conv2.weight_scale is 0 for a channel whose codes differ",
+    ),
+    "negated weight scales": (
+        lambda f: _set_tensor(f, "layer2.0.conv1.weight_scale", lambda t: -t),
+        r"layer2.0.conv1.weight_scale holds -[0-9.]+; a weight scale is 0 or in",
+    ),
+    "subnormal weight scale": (
+        lambda f: _set_tensor(f, "linear.weight_scale", _first(1e-40)),
+        r"linear.weight_scale holds 9.99995e-41; a weight scale is 0 or in \[1.17549e-38, 10000\]",
+    ),
+    "huge weight scale": (
+        lambda f: _set_tensor(f, "conv1.weight_scale", _first(1e30)),
+        r"conv1.weight_scale holds 1e\+30",
+    ),
 }
 
 
@@ -452,6 +495,107 @@ def test_the_timm_loader_refuses(tmp_path, name):
     folder = _tampered(tmp_path, name)
     with pytest.raises(UdfcError, match=TAMPER[name][1]):
         udfc_hub.load_model(f"local-dir:{folder}")
+
+
+# activation grids of a W8A8 artifact (format 4: input and output quantizers): a step in [MIN_STEP, 1e4], a zero
+# point on its grid. Each edit records the tampered file's digest, so that the bounds alone must refuse it.
+TAMPER_ACT = {
+    "zero input step": (lambda f: _set_tensor(f, "conv1.input_scale", _first(0.0)), r"conv1.input_scale is \[0.0\]"),
+    "negative input step": (
+        lambda f: _set_tensor(f, "layer1.0.conv1.input_scale", lambda t: -t),
+        r"layer1.0.conv1.input_scale is \[-[0-9.e-]+\]; an activation step is one number in",
+    ),
+    "subnormal input step": (
+        lambda f: _set_tensor(f, "conv1.input_scale", _first(1e-40)),
+        "conv1.input_scale is .*an activation step",
+    ),
+    "huge output step": (
+        lambda f: _set_tensor(f, "layer1.0.bn2.output_scale", _first(1e30)),
+        "layer1.0.bn2.output_scale is .*an activation step",
+    ),
+    "input zero point off its grid": (
+        lambda f: _set_tensor(f, "conv1.input_zero_point", _first(300)),
+        r"conv1.input_zero_point is \[300\]; on a 8-bit grid it is an integer in 0..255",
+    ),
+    "negative output zero point": (
+        lambda f: _set_tensor(f, "layer1.0.bn2.output_zero_point", _first(-1)),
+        "layer1.0.bn2.output_zero_point is \\[-1\\]",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def saved_w8a8(tmp_path_factory):
+    torch.manual_seed(0)
+    result = udfc_hub.compress(timm.create_model("cifar_resnet20").eval(), prune_ratio=0.5, bits=8, act_bits=8)
+    return udfc_hub.save_pretrained(result, tmp_path_factory.mktemp("w8a8") / "m")
+
+
+@pytest.mark.parametrize("name", sorted(TAMPER_ACT))
+def test_activation_grids_are_bounded_for_every_loader(tmp_path, saved_w8a8, name):
+    from transformers import AutoModelForImageClassification
+
+    folder = tmp_path / "m"
+    shutil.copytree(saved_w8a8, folder)
+    TAMPER_ACT[name][0](folder)
+    udfc_hub.hub.validate.validate_folder(folder)  # the file itself is well formed, its digest matches
+    with pytest.raises(ArtifactError, match=TAMPER_ACT[name][1]):
+        udfc_hub.check_artifact(folder)
+    with pytest.raises(UdfcError, match=TAMPER_ACT[name][1]):
+        udfc_hub.load_model(f"local-dir:{folder}")
+    with pytest.raises(UdfcError, match=TAMPER_ACT[name][1]):
+        AutoModelForImageClassification.from_pretrained(folder)
+
+
+def _flip_bits(folder, count=8, seed=0):
+    raw = bytearray((folder / "model.safetensors").read_bytes())
+    (n,) = struct.unpack("<Q", raw[:8])
+    gen = torch.Generator().manual_seed(seed)
+    for at in torch.randint(8 + n, len(raw), (count,), generator=gen).tolist():  # in the tensors, not the header
+        raw[at] ^= 1 << int(torch.randint(0, 8, (1,), generator=gen))
+    (folder / "model.safetensors").write_bytes(bytes(raw))
+
+
+def test_a_saved_folder_records_its_weights_digest_and_every_loader_checks_it(tmp_path, r20_result):
+    from transformers import AutoModelForImageClassification
+
+    folder = udfc_hub.save_pretrained(r20_result, tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["udfc"]["weights_sha256"] == hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    _flip_bits(folder)
+    match = "does not match the SHA-256 that config.json records"
+    with pytest.raises(ArtifactError, match=match):
+        udfc_hub.check_artifact(folder)
+    with pytest.raises(ArtifactError, match=match):
+        udfc_hub.load_model(f"local-dir:{folder}")
+    with pytest.raises(ArtifactError, match=match):
+        timm.create_model(f"local-dir:{folder}", pretrained=True)
+    with pytest.raises(UdfcError, match=match):
+        AutoModelForImageClassification.from_pretrained(folder)
+    for command in (["inspect", folder], ["export", folder, "--onnx", tmp_path / "m.onnx"]):
+        out = run_in_process(*command)
+        assert out.returncode == 1 and "does not match the SHA-256" in out.stderr, out.stderr
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_malformed_digest_is_refused(tmp_path, r20_result):
+    folder = udfc_hub.save_pretrained(r20_result, tmp_path / "m")
+    _edit_config(folder, lambda c: c["udfc"].update(weights_sha256="not a digest"))
+    with pytest.raises(ArtifactError, match="weights_sha256 must be 64 lowercase hex digits"):
+        udfc_hub.check_artifact(folder)
+
+
+def test_a_transformers_twin_checks_its_digest(tmp_path):
+    from transformers import AutoModelForImageClassification, ResNetConfig, ResNetForImageClassification
+
+    model = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1])).eval()
+    folder = udfc_hub.save_pretrained(udfc_hub.compress(model, prune_ratio=0.3, bits=4), tmp_path / "hf")
+    assert len(json.loads((folder / "config.json").read_text())["udfc"]["weights_sha256"]) == 64
+    _flip_bits(folder)
+    with pytest.raises(ArtifactError, match="does not match the SHA-256"):
+        AutoModelForImageClassification.from_pretrained(folder)
+    with pytest.raises(ArtifactError, match="does not match the SHA-256"):
+        udfc_hub.check_artifact(folder)
 
 
 def test_transformers_refuses_a_missing_tensor(tmp_path):

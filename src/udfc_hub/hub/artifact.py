@@ -34,7 +34,7 @@ from .quantized import convert_to_packed
 from .repo_id import check_repo_id
 from .timm_models import PREFIX, constructor_args, register_compressed
 from .transformers_models import is_transformers_model, udfc_twin
-from .validate import CONFIG_NAME, WEIGHTS_NAME, check_finite, validate_folder
+from .validate import CONFIG_NAME, DIGEST_KEY, WEIGHTS_NAME, validate_folder, weights_digest
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "save_pretrained", "pack_model", "read_config", "check_artifact"]
 
@@ -231,7 +231,12 @@ def save_pretrained(
             config = _config(model, manifest)
             state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
             library, architecture, license_ = "timm", config["architecture"], manifest.provenance.base_license
-        (tmp / WEIGHTS_NAME).write_bytes(_serialize(state, _metadata(manifest.format_version)))
+        weights = _serialize(state, _metadata(manifest.format_version))
+        (tmp / WEIGHTS_NAME).write_bytes(weights)
+        if _records_digest(result):  # every loader verifies it (validate.check_digest)
+            config["udfc"][DIGEST_KEY] = weights_digest(weights)
+        else:
+            config["udfc"].pop(DIGEST_KEY, None)
         # timm's layout keeps its key order; transformers writes its config sorted, and so do we
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=twin) + "\n")
         card = render_card(
@@ -252,6 +257,18 @@ def save_pretrained(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _records_digest(result: CompressionResult | nn.Module) -> bool:
+    """A new compression records the weights' SHA-256; a loaded artifact re-saved does so where its source did,
+    so that a folder saved before the digest existed re-saves byte for byte."""
+    if isinstance(result, CompressionResult):
+        return True
+    block = getattr(getattr(result, "config", None), "udfc", None)
+    if isinstance(block, dict):  # a transformers twin: its config holds the source's udfc block
+        return DIGEST_KEY in block
+    timm_model = getattr(result, "timm_model", result)  # a timm artifact, loaded by timm or transformers
+    return getattr(timm_model, "udfc_recorded_digest", True)
 
 
 def _transformers_files(model: nn.Module, tmp: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -437,20 +454,24 @@ def _clean_pretrained_cfg(src: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(out))  # tuples -> lists, as timm's own export writes them
 
 
+def _load_folder(folder: Path, twin: bool) -> nn.Module:
+    """``folder`` loaded as a user would: transformers' Auto class for a twin, timm's ``local-dir:`` otherwise."""
+    if twin:
+        from transformers import AutoModelForImageClassification
+
+        return AutoModelForImageClassification.from_pretrained(folder)
+    import timm
+
+    return timm.create_model(f"local-dir:{folder}", pretrained=True)
+
+
 def _verify_reload(model: nn.Module, folder: Path, twin: bool) -> None:
     """Load ``folder`` as a user would and require the same logits as ``model`` on a small input."""
     from ..evaluation import logits_of
     from ..profile import default_input_size, input_device_dtype
 
     try:
-        if twin:
-            from transformers import AutoModelForImageClassification
-
-            loaded = AutoModelForImageClassification.from_pretrained(folder)
-        else:
-            import timm
-
-            loaded = timm.create_model(f"local-dir:{folder}", pretrained=True)
+        loaded = _load_folder(folder, twin)
     except Exception as e:
         raise ArtifactError(
             f"the folder being saved would not load again ({type(e).__name__}: {str(e)[:300]}); nothing was written. "
@@ -559,17 +580,20 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def check_artifact(path: str | os.PathLike) -> dict[str, Any]:
-    """Validate a folder without building the model: config, weights file, tensor shapes and values.
+    """Validate a folder: config, weights file and its digest, tensor shapes, then the values as loaded.
 
-    The config and the manifest are checked, the safetensors header against what the config implies (before any
-    tensor is read), the described network is run on the meta device, and every loaded value must be finite.
-    Returns the config. Raises ``ArtifactError`` naming the first problem.
+    The config and the manifest are checked, the safetensors header against what the config implies and the
+    file against the SHA-256 config.json records (before any tensor is read), and the described network is run on
+    the meta device. Then the folder is loaded as timm or transformers would load it, which requires every value to
+    be finite and every quantizer field within the writer's bounds (``validate.QUANTIZER_BOUNDS``). Returns the
+    config. Raises ``ArtifactError`` naming the first problem.
     """
     folder = Path(path)
     config = validate_folder(folder)
     try:
-        state = load_file(str(folder / WEIGHTS_NAME))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ArtifactError(f"{folder / WEIGHTS_NAME} is truncated or corrupt ({e}).") from None
-    check_finite(state, str(folder / WEIGHTS_NAME))
+        _load_folder(folder, twin="model_type" in config)
+    except ArtifactError:
+        raise
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ArtifactError(f"{folder / WEIGHTS_NAME} is truncated or corrupt ({type(e).__name__}: {e}).") from None
     return config

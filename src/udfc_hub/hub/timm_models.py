@@ -22,7 +22,14 @@ from timm.models import build_model_with_cfg, register_model
 from ..adapters import describe_model
 from ..errors import ArtifactError
 from .manifest import BASE_ARG_KEYS, Manifest
-from .validate import CONFIG_NAME, WEIGHTS_NAME, building_expected_state, check_finite, validate_folder
+from .validate import (
+    CONFIG_NAME,
+    DIGEST_KEY,
+    WEIGHTS_NAME,
+    building_expected_state,
+    check_loaded,
+    validate_folder,
+)
 
 __all__ = ["PREFIX", "build_skeleton", "register_compressed", "udfc_name"]
 
@@ -93,8 +100,9 @@ def _make_entrypoint(name: str):
             folder = _source_folder(kwargs.get("pretrained_cfg"))
         else:  # transformers' TimmWrapper builds with pretrained=False, then loads the weights itself
             folder = None if building_expected_state() else _transformers_checkpoint_folder()
+        config = None
         if folder is not None:  # untrusted input: config and weights header checked before anything is allocated
-            validate_folder(folder)
+            config = validate_folder(folder)
         try:
             model = build_model_with_cfg(build_skeleton, name, pretrained, **kwargs)
         except (SafetensorError, RuntimeError, OSError) as e:
@@ -105,8 +113,10 @@ def _make_entrypoint(name: str):
                 f"could not load the weights of {name} from {where}: the file is missing, truncated or corrupt, or "
                 f"its tensors disagree with config.json ({type(e).__name__}: {str(e)[:400]})"
             ) from e
+        if config is not None:  # a re-save records a digest only where the source did (older files re-save as is)
+            model.udfc_recorded_digest = DIGEST_KEY in config["udfc"]
         if pretrained:
-            check_finite(model.state_dict(), _weights_location(kwargs.get("pretrained_cfg")))
+            check_loaded(model, _weights_location(kwargs.get("pretrained_cfg")))
         elif not building_expected_state():
             where = f"{folder}/{WEIGHTS_NAME}" if folder is not None else "the loaded weights"
             model.init_non_persistent_buffers = lambda: _check_filled_by_transformers(model, where)
@@ -164,7 +174,7 @@ def _check_filled_by_transformers(model: nn.Module, where: str) -> None:
             f"truncated or was edited; re-download it or rebuild it with udfc_hub.save_pretrained"
         )
     if loaded:
-        check_finite(tensors, where)
+        check_loaded(model, where)
 
 
 def _source_folder(cfg: Any) -> Path | None:

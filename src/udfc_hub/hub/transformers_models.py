@@ -35,7 +35,7 @@ from ..adapters import describe_model
 from ..errors import ArtifactError
 from .manifest import Manifest
 from .quantized import is_quantized
-from .validate import check_finite, validate_folder
+from .validate import check_loaded, validate_folder
 
 __all__ = [
     "UdfcResNetConfig",
@@ -94,7 +94,7 @@ class _UdfcModelMixin:
         for module in model.modules():
             if is_quantized(module) and module.weight.is_meta:
                 module.init_non_persistent_buffers()
-        check_finite(model.state_dict(), str(pretrained_model_name_or_path))
+        check_loaded(model, str(pretrained_model_name_or_path))
         return (model, info) if want_info else model
 
     def _init_weights(self, module: nn.Module) -> None:

@@ -3,14 +3,18 @@
 A folder from the Hub is untrusted input. In order: config.json parses and its manifest is valid (bounded
 numbers, a readable format version); the safetensors header (read alone, never the tensors) lists exactly the
 tensors, shapes and dtypes that the config implies, within the file's size; the network the config describes runs
-(a forward pass on the meta device: shapes only, no memory). Only then may a loader allocate, and it checks that
-the loaded values are finite.
+(a forward pass on the meta device: shapes only, no memory); the file's SHA-256 equals the one config.json
+records (files saved before the digest existed have none, and load as before). Only then may a loader allocate,
+and it checks the loaded values (``check_loaded``): finite, and every quantizer field within what the writer can
+produce (``QUANTIZER_BOUNDS``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
 import struct
 from contextvars import ContextVar
 from pathlib import Path
@@ -20,13 +24,24 @@ import torch
 import torch.nn as nn
 
 from ..errors import ArtifactError
+from ..ops.activations import MIN_STEP
 from ..profile import default_input_size
 from .manifest import Manifest, read_config_file
+from .quantized import is_quantized
 
-__all__ = ["validate_folder", "read_header", "check_finite", "expected_state"]
+__all__ = [
+    "QUANTIZER_BOUNDS",
+    "validate_folder",
+    "read_header",
+    "check_finite",
+    "check_loaded",
+    "expected_state",
+    "weights_digest",
+]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+DIGEST_KEY = "weights_sha256"  # in config.json's udfc block: the SHA-256 of model.safetensors, hex
 _MAX_HEADER = 64 << 20  # safetensors caps its header at 100 MB; ours are a few hundred kB
 _BUILDING_EXPECTED: ContextVar[bool] = ContextVar("udfc_building_expected", default=False)
 _DTYPES = {
@@ -118,6 +133,7 @@ def validate_folder(folder: str | Path) -> dict[str, Any]:
     if not weights.is_file():
         raise ArtifactError(f"{weights} is missing.")
     header = read_header(weights)
+    check_digest(config, weights)
     model, expected = expected_state(config)
     missing = sorted(set(expected) - set(header))
     unexpected = sorted(set(header) - set(expected))
@@ -148,3 +164,89 @@ def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
     for name, t in tensors.items():
         if t.is_floating_point() and not t.is_meta and not bool(torch.isfinite(t).all()):
             raise ArtifactError(f"{where}: tensor {name} holds NaN or infinite values.")
+
+
+# What the writer can produce, and so all a loader accepts (a saved folder is reloaded and checked before it is
+# kept, so the writer never leaves a file its own loaders refuse):
+# - a weight scale is max |w| of its tensor or output channel: 0 for an all-zero one (whose codes are then one
+#   value), else a positive normal float32 no larger than WEIGHT_SCALE_MAX (no vision model's weight comes close);
+# - an activation step is at least MIN_STEP and at most ACT_SCALE_MAX; a zero point lies on its grid, 0..2^bits-1.
+WEIGHT_SCALE_MAX = 1e4
+ACT_SCALE_MAX = 1e4
+QUANTIZER_BOUNDS = {
+    "weight_scale": (float(torch.finfo(torch.float32).tiny), WEIGHT_SCALE_MAX),
+    "activation step": (float(torch.tensor(MIN_STEP, dtype=torch.float32)), ACT_SCALE_MAX),
+}
+
+
+def check_loaded(model: nn.Module, where: str) -> None:
+    """Every loaded value finite (``check_finite``) and every quantizer field within ``QUANTIZER_BOUNDS``."""
+    check_finite(model.state_dict(), where)
+    for name, module in model.named_modules():
+        if is_quantized(module):
+            _check_weight_scale(module, name, where)
+        for side, bits_attr in (("input", "act_bits"), ("output", "output_act_bits")):
+            if getattr(module, bits_attr, None) is not None and hasattr(module, f"{side}_scale"):
+                _check_grid(module, name, side, int(getattr(module, bits_attr)), where)
+
+
+def _check_weight_scale(module: nn.Module, name: str, where: str) -> None:
+    scale = module.weight_scale.detach().float().reshape(-1)
+    lo, hi = QUANTIZER_BOUNDS["weight_scale"]
+    bad = (scale < 0) | ((scale != 0) & ((scale < lo) | (scale > hi)))
+    if bool(bad.any()):
+        value = float(scale[bad][0])
+        raise ArtifactError(
+            f"{where}: {name}.weight_scale holds {value:g}; a weight scale is 0 or in [{lo:g}, {hi:g}] (it is the "
+            "largest |weight| of its channel): the file was edited or corrupted; re-download or re-save it."
+        )
+    zero = scale == 0
+    if bool(zero.any()):  # an all-zero channel is written as one code value; other codes would be silently lost
+        codes = module.quantized_tensor().codes.reshape(scale.numel(), -1)[zero]
+        if bool((codes != codes[:, :1]).any()):
+            raise ArtifactError(
+                f"{where}: {name}.weight_scale is 0 for a channel whose codes differ; udfc-hub writes scale 0 only "
+                "for an all-zero channel: the file was edited or corrupted; re-download or re-save it."
+            )
+
+
+def _check_grid(module: nn.Module, name: str, side: str, bits: int, where: str) -> None:
+    scale, zero = getattr(module, f"{side}_scale"), getattr(module, f"{side}_zero_point")
+    lo, hi = QUANTIZER_BOUNDS["activation step"]
+    if scale.numel() != 1 or not lo <= float(scale) <= hi:
+        raise ArtifactError(
+            f"{where}: {name}.{side}_scale is {scale.flatten()[:1].tolist()}; an activation step is one number in "
+            f"[{lo:g}, {hi:g}]: the file was edited or corrupted; re-download or re-save it."
+        )
+    levels = (1 << bits) - 1
+    if zero.numel() != 1 or zero.is_floating_point() or not 0 <= int(zero) <= levels:
+        raise ArtifactError(
+            f"{where}: {name}.{side}_zero_point is {zero.flatten()[:1].tolist()}; on a {bits}-bit grid it is an "
+            f"integer in 0..{levels}: the file was edited or corrupted; re-download or re-save it."
+        )
+
+
+def weights_digest(data: bytes | Path) -> str:
+    """The SHA-256 (hex) of a weights file's bytes, read in 16 MiB blocks from a path."""
+    if isinstance(data, bytes):
+        return hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256()
+    with data.open("rb") as f:
+        while block := f.read(16 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_digest(config: dict[str, Any], weights: Path) -> None:
+    """Refuse a weights file whose SHA-256 differs from the one config.json records (none recorded: nothing to
+    check, as in files saved before udfc-hub 0.2)."""
+    recorded = config["udfc"].get(DIGEST_KEY)
+    if recorded is None:
+        return
+    if not isinstance(recorded, str) or not re.fullmatch(r"[0-9a-f]{64}", recorded):
+        raise ArtifactError(f"config.json: udfc.{DIGEST_KEY} must be 64 lowercase hex digits (a SHA-256).")
+    if weights_digest(weights) != recorded:
+        raise ArtifactError(
+            f"{weights} does not match the SHA-256 that config.json records: the file was modified or corrupted "
+            "after it was saved (a bit flip, a partial download, an edit). Re-download it, or re-save the model."
+        )

@@ -25,6 +25,7 @@ __all__ = [
     "expected_errors",
     "image_range",
     "CLIP_FRACTIONS",
+    "MIN_STEP",
 ]
 
 ACT_RANGES = ("max", "mse")
@@ -32,7 +33,7 @@ ACT_RANGES = ("max", "mse")
 # candidate clipping points, as fractions of the sample's extreme values (fine near 1, coarse far below)
 CLIP_FRACTIONS = torch.cat([torch.linspace(0.02, 0.5, 49), torch.linspace(0.505, 1.0, 100)]).double()
 _SAMPLE = 1 << 18  # values of a layer's probe input that the range search looks at
-_MIN_STEP = 1e-8
+MIN_STEP = 1e-8  # the finest activation step a grid is given (a constant input's grid is coarser)
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class ActRange:
         """The grid of ``bits`` from ``lo`` to ``hi`` (``lo <= 0 <= hi``), its zero point rounded to an integer."""
         levels = (1 << bits) - 1
         lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
-        scale = max((hi - lo) / levels, _MIN_STEP)
+        scale = max((hi - lo) / levels, MIN_STEP)
         zero = int(min(max(round(-lo / scale), 0), levels))
         return cls(scale=scale, zero_point=zero, bits=bits)
 
@@ -127,7 +128,7 @@ def choose_range(x: torch.Tensor, bits: int, method: str = "mse") -> ActRange:
     if x.numel() == 0:
         return ActRange.spanning(0.0, 1.0, bits)
     lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
-    if hi - lo <= _MIN_STEP:  # a constant (zero) input: any grid holds it
+    if hi - lo <= MIN_STEP:  # a constant (zero) input: any grid holds it
         return ActRange.spanning(lo, hi if hi > lo else lo + 1.0, bits)
     if method not in ACT_RANGES:
         raise ValueError(f"method must be one of {ACT_RANGES}, got {method!r}")
