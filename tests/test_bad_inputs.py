@@ -2,6 +2,7 @@
 result), and nothing of the user's is lost or half-written. Grows with every bug found."""
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -705,6 +706,48 @@ def test_bad_evaluation_data(tmp_path, content, match):
         np.savez(path, a=np.zeros(2))
     with pytest.raises(InvalidArgumentError, match=match):
         udfc_hub.evaluate(timm.create_model("cifar_resnet20"), path)
+
+
+# --- ONNX export ------------------------------------------------------------------------------------------------
+
+needs_onnx = pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None, reason="needs the [onnx] extra (onnx, onnxruntime)"
+)
+
+
+@needs_onnx
+def test_a_weight_only_export_agrees_with_pytorch_on_real_images(tmp_path):
+    # it added 8-bit output quantizers (rounding the PyTorch model never does): 2.7 logits off on ResNet-56
+    import onnxruntime as ort
+
+    from helpers import CIFAR_LOSSLESS, CIFAR_WEIGHTS, load_cifar, require
+
+    weights = require(CIFAR_WEIGHTS / "resnet56-4bfd9763.th")
+    model = timm.create_model("cifar_resnet56", checkpoint_path=str(weights)).eval()
+    folder = udfc_hub.save_pretrained(udfc_hub.compress(model, prune_ratio=0.3, bits=4), tmp_path / "w4")
+    out = udfc_hub.export_onnx(folder, tmp_path / "w4.onnx")
+    assert out.output_quantizers == 0 and out.quantized_inputs == 0
+    x, _ = load_cifar(CIFAR_LOSSLESS)
+    session = ort.InferenceSession(str(tmp_path / "w4.onnx"), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {"pixel_values": x.numpy()})[0])
+    with torch.no_grad():
+        want = udfc_hub.load_model(f"local-dir:{folder}")(x)
+    assert (got - want).abs().max() <= 1e-3 * want.abs().max()
+    assert torch.equal(got.argmax(1), want.argmax(1))
+
+
+@needs_onnx
+def test_an_export_beyond_its_tolerance_is_refused_and_writes_nothing(tmp_path, r20_result):
+    w8a8 = udfc_hub.compress(timm.create_model("cifar_resnet20").eval(), prune_ratio=0, bits=8, act_bits=8)
+    with pytest.raises(UdfcError, match=r"differ from the PyTorch model's by .* above the tolerance 1e-09"):
+        udfc_hub.export_onnx(w8a8, tmp_path / "m.onnx", tolerance=1e-9)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(InvalidArgumentError, match="tolerance must be a finite logit difference"):
+        udfc_hub.export_onnx(w8a8, tmp_path / "m.onnx", tolerance=float("nan"))
+    folder = udfc_hub.save_pretrained(r20_result, tmp_path / "w3")
+    out = run_in_process("export", folder, "--onnx", tmp_path / "w3.onnx", "--tolerance", "0")
+    assert out.returncode == 1 and "above the tolerance 0" in out.stderr and not (tmp_path / "w3.onnx").exists()
+    assert udfc_hub.export_onnx(folder, tmp_path / "w3.onnx").max_abs_diff <= 1e-3 * 50
 
 
 # --- the command line -------------------------------------------------------------------------------------------

@@ -261,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exact-rounding", action="store_true",
                    help="round only where the PyTorch model does (float kernels: slower)")  # fmt: skip
     p.add_argument("--opset", type=int, default=17, metavar="N", help="ONNX opset, 13..21 (default 17)")
+    p.add_argument("--tolerance", type=float, metavar="D",
+                   help="largest ONNX Runtime vs PyTorch logit difference accepted (default: 1e-3 of the largest "
+                        "|logit| with float activations, 0.03 with int8 ones)")  # fmt: skip
 
     p = add("sweep", "compress, evaluate and save a grid of models x prune ratios x bits x methods (on Ray too)")
     p.add_argument(
@@ -632,7 +635,7 @@ def cmd_export(args) -> dict[str, Any]:
     if target.exists() and not args.overwrite:
         raise UsageError(f"{target} exists; pass --overwrite to replace it")
     _say(args, f"exporting {folder} to {target} (ONNX opset {args.opset}) ...")
-    out = export_onnx(folder, target, opset=args.opset, int8_outputs=not args.exact_rounding)
+    out = export_onnx(folder, target, opset=args.opset, int8_outputs=not args.exact_rounding, tolerance=args.tolerance)
     _say(
         args,
         f"wrote {out.path} ({out.bytes / 1e6:.2f} MB): {out.int8_weights} int8 weight tensors, "
