@@ -750,6 +750,98 @@ def test_an_export_beyond_its_tolerance_is_refused_and_writes_nothing(tmp_path, 
     assert udfc_hub.export_onnx(folder, tmp_path / "w3.onnx").max_abs_diff <= 1e-3 * 50
 
 
+# --- sweeps -----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def r20_source(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "r20.pth"
+    torch.save(timm.create_model("cifar_resnet20").state_dict(), path)
+    return f"cifar_resnet20={path}"
+
+
+def test_a_sweep_after_a_torn_last_line_loses_no_row_and_resumes(r20_source, tmp_path):
+    from udfc_hub.sweeps import read_results, sweep
+
+    first = sweep([r20_source], bits=[3], out=tmp_path, progress=False)
+    table = tmp_path / "results.jsonl"
+    whole = table.read_text()
+    table.write_text(whole + whole[: len(whole) // 2])  # a second row, killed mid-write
+    assert len(read_results(tmp_path)) == 1
+    sweep([r20_source], bits=[3, 4], out=tmp_path, progress=False)
+    rows = read_results(tmp_path)  # was: the new row appended onto the torn line, then "line 2 is not JSON"
+    assert sorted(r["cell"] for r in rows) == ["cifar_resnet20-p0-w3-udfc+", "cifar_resnet20-p0-w4-udfc+"]
+    assert all(json.loads(line) for line in table.read_text().splitlines())
+    assert rows[0] == first.rows[0]
+
+
+@pytest.mark.parametrize(
+    "pattern,message",
+    [
+        ("{prune.__class__.__mro__}", r"uses \{prune.__class__.__mro__\}; it may use only"),
+        ("{model[0]}", r"uses \{model\[0\]\}"),
+        ("{model!r}", r"uses \{model!r\}"),
+        ("{secret}", r"uses \{secret\}"),
+        ("{prune:{bits}}", r"uses \{prune\}"),
+        ("{model", "is not valid"),
+        ("", "must be a non-empty string"),
+    ],
+)
+def test_a_repo_pattern_may_use_only_the_named_fields(r20_source, pattern, message):
+    from udfc_hub.sweeps import sweep
+
+    with pytest.raises(InvalidArgumentError, match=message):
+        sweep([r20_source], bits=[4], data="unused", out="unused", max_drop=1, push_org="me", repo_pattern=pattern)
+
+
+def test_a_repo_pattern_with_format_specs_still_works(r20_source):
+    from udfc_hub.sweeps import plan, repo_name
+
+    (cell,) = plan([r20_source], [0.3], [4], ["udfc+"], None)
+    assert repo_name("{model}-p{prune:03d}-w{bits}", cell, "me") == "me/cifar_resnet20-p030-w4"
+
+
+def test_a_sweep_in_which_every_cell_failed_exits_1(r20_source, tmp_path, monkeypatch):
+    from udfc_hub import engine
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(engine, "compress", broken)
+    out = run_in_process("sweep", r20_source, "--bits", "3,4", "--out", tmp_path / "o", "--quiet")
+    assert out.returncode == 1 and "every cell failed" in out.stderr
+
+
+def test_a_sweep_table_with_a_non_numeric_drop_is_a_clear_error(r20_source, tmp_path):
+    from udfc_hub.sweeps import read_results, select, sweep
+
+    sweep([r20_source], bits=[3], out=tmp_path, progress=False)
+    row = json.loads((tmp_path / "results.jsonl").read_text())
+    (tmp_path / "results.jsonl").write_text(json.dumps(row | {"drop": "1.5"}) + "\n")
+    with pytest.raises(UdfcError, match="line 1: 'drop' is '1.5', not a number; the table was edited"):
+        select(read_results(tmp_path), 1.0)
+
+
+def test_a_sweep_table_that_is_a_folder_or_an_unwritable_out_is_refused_before_work(r20_source, tmp_path):
+    from udfc_hub.sweeps import read_results, sweep
+
+    (tmp_path / "a" / "results.jsonl").mkdir(parents=True)
+    with pytest.raises(InvalidArgumentError, match="results.jsonl is not a file"):
+        sweep([r20_source], bits=[3], out=tmp_path / "a", progress=False)
+    with pytest.raises(InvalidArgumentError, match="results.jsonl is not a file"):
+        read_results(tmp_path / "a")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.access(locked, os.W_OK):  # root writes anywhere: a path under a file is the unwritable case then
+        locked = tmp_path / "file"
+        locked.write_text("x")
+    with pytest.raises(InvalidArgumentError, match="cannot write the sweep's results|not a folder"):
+        sweep([r20_source], bits=[3], out=locked / "o", progress=False)
+    out = run_in_process("sweep", r20_source, "--bits", "3", "--out", "/proc/udfc-sweep")
+    assert out.returncode == 2 and "not a writable folder" in out.stderr
+
+
 # --- the command line -------------------------------------------------------------------------------------------
 
 

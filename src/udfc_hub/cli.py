@@ -333,6 +333,15 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args, e, 1, parser.prog, unexpected=True)
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
+    return _exit_code(args, summary, parser.prog)
+
+
+def _exit_code(args, summary: dict[str, Any], prog: str) -> int:
+    """0, or 1 for a sweep in which every cell failed (its table is written all the same)."""
+    if summary.get("cells") and summary.get("failed") == summary["cells"]:
+        if not args.json:
+            print(f"{prog} {args.command}: error: every cell failed", file=sys.stderr)
+        return 1
     return 0
 
 

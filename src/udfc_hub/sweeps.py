@@ -24,6 +24,7 @@ import math
 import os
 import re
 import resource
+import string
 import sys
 import time
 import traceback
@@ -418,7 +419,12 @@ def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     if not path.exists():
         return []
-    lines = path.read_text().splitlines()
+    if not path.is_file():
+        raise InvalidArgumentError(f"{path} is not a file: a sweep's results table is a JSON-lines file.")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UdfcError(f"cannot read the sweep table {path} ({type(e).__name__}: {e}).") from None
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -428,10 +434,49 @@ def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
             if n == len(lines):  # the line a killed driver was writing
                 break
             raise UdfcError(f"{path} line {n} is not JSON: not a udfc-hub sweep table.") from None
-        if not isinstance(row, dict) or "key" not in row:
-            raise UdfcError(f"{path} line {n} has no cell key: not a udfc-hub sweep table.")
+        _check_row(row, f"{path} line {n}")
         rows[row["key"]] = row
     return list(rows.values())
+
+
+def _check_row(row: Any, where: str) -> None:
+    if not isinstance(row, dict) or not isinstance(row.get("key"), str):
+        raise UdfcError(f"{where} has no cell key: not a udfc-hub sweep table.")
+    for field in _NUMBER_FIELDS:
+        value = row.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise UdfcError(
+                f"{where}: {field!r} is {value!r}, not a number; the table was edited. Delete that line (its cell "
+                "runs again) or restore the file."
+            )
+
+
+# the numbers a row may hold (null where not measured); select, the markdown table and the plot compute with them
+_NUMBER_FIELDS = (
+    "drop",
+    "top1",
+    "top5",
+    "base_top1",
+    "base_top5",
+    "agreement",
+    "file_bytes",
+    "float_bytes",
+    "params",
+    "macs",
+)
+
+
+def _drop_torn_line(table: Path) -> None:
+    """A driver killed mid-write leaves a last line without its newline: cut it off before appending, or the next
+    row would be written onto it (its cell runs again)."""
+    if not table.is_file() or table.stat().st_size == 0:
+        return
+    with open(table, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        data = f.seek(0) or f.read()
+        f.truncate(data.rfind(b"\n") + 1)
 
 
 class _Sink:
@@ -443,6 +488,7 @@ class _Sink:
         self._file = None
         if table is not None:
             table.parent.mkdir(parents=True, exist_ok=True)
+            _drop_torn_line(table)
             self._file = open(table, "a", encoding="utf-8")  # noqa: SIM115  (kept open for the sweep)
         self._bar = None
         if progress:
@@ -575,6 +621,7 @@ def repo_name(pattern: str, cell: Cell, org: str) -> str:
         "bits": c.bits or "fp",
         "method": c.method.replace("+", "plus"),
     }
+    check_repo_pattern(pattern)
     try:
         name = pattern.format(**fields)
     except (KeyError, IndexError, ValueError) as e:
@@ -582,6 +629,30 @@ def repo_name(pattern: str, cell: Cell, org: str) -> str:
             f"repo pattern {pattern!r} is not valid ({e}); it may use {{model}}, {{prune}}, {{bits}}, {{method}}."
         ) from None
     return f"{org}/{re.sub(r'[^A-Za-z0-9._-]', '-', name)}"
+
+
+REPO_FIELDS = ("model", "prune", "bits", "method")
+
+
+def check_repo_pattern(pattern: Any) -> str:
+    """A repo-name pattern uses only the plain fields ``{model}``, ``{prune}``, ``{bits}``, ``{method}`` (no
+    attribute or index lookups, no conversions, no nested fields: str.format would evaluate them)."""
+    accepted = ", ".join(f"{{{f}}}" for f in REPO_FIELDS)
+    if not isinstance(pattern, str) or not pattern:
+        raise InvalidArgumentError(f"repo pattern must be a non-empty string using {accepted}; got {pattern!r}.")
+    try:
+        parts = list(string.Formatter().parse(pattern))
+    except ValueError as e:
+        raise InvalidArgumentError(f"repo pattern {pattern!r} is not valid ({e}); it may use {accepted}.") from None
+    for _, field, spec, conversion in parts:
+        if field is None:
+            continue
+        if field not in REPO_FIELDS or conversion or (spec and "{" in spec):
+            raise InvalidArgumentError(
+                f"repo pattern {pattern!r} uses {{{field}{'!' + conversion if conversion else ''}}}; it may use only "
+                f"{accepted}, each plain or with a format spec such as {{prune:02d}}."
+            )
+    return pattern
 
 
 def sweep(
@@ -691,10 +762,38 @@ def _check_engine(engine: str, cpus_per_task: Any, memory_per_task: Any) -> None
 def _check_outputs(out: Any, save: bool, data: Any, max_drop: Any, push_org: str | None) -> None:
     if max_drop is not None:
         select([], max_drop)  # validates the number
+    if out is not None:
+        _check_out_folder(Path(out))
     if (save or push_org) and out is None:
         raise InvalidArgumentError("saving or pushing artifacts needs an output folder (out=...).")
     if push_org is not None and (data is None or max_drop is None):
         raise InvalidArgumentError("push_org publishes the selected cells: give data=... and max_drop=... too.")
+
+
+def _check_out_folder(out: Path) -> None:
+    """Before any work: ``out`` is a writable folder, or can be made in a writable one; its table is a file."""
+    if not str(out):
+        raise InvalidArgumentError("out must be a folder path, e.g. 'sweep-out'; got an empty string.")
+    if out.exists() and not out.is_dir():
+        raise InvalidArgumentError(f"out {out} exists and is not a folder.")
+    missing = []
+    existing = out
+    while not existing.exists():
+        missing.append(existing)
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise InvalidArgumentError(f"cannot write the sweep's results in {out}: {existing} is not a writable folder.")
+    try:  # the folder is made for real (some file systems refuse what access() allows), then left as it was
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InvalidArgumentError(
+            f"cannot write the sweep's results in {out}: {existing} is not a writable folder ({e.strerror})."
+        ) from None
+    for folder in missing:
+        folder.rmdir()
+    table = out / RESULTS_NAME
+    if table.exists() and not table.is_file():
+        raise InvalidArgumentError(f"{table} is not a file: a sweep's results table is a JSON-lines file.")
 
 
 def _plan_push(cells: list[Cell], org: str, pattern: str, token: str | None) -> tuple[dict[str, str], str]:
