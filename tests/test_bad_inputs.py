@@ -5,6 +5,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -17,6 +18,7 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+import transformers
 from safetensors import SafetensorError
 
 import udfc_hub
@@ -667,8 +669,12 @@ def test_transformers_loads_complete_and_resavable(tmp_path):
     model = AutoModelForImageClassification.from_pretrained(HF_V1)
     assert not any(p.is_meta for p in model.parameters())
     again = udfc_hub.save_pretrained(model, tmp_path / HF_V1.name)
-    for name in ("config.json", "model.safetensors"):
-        assert (again / name).read_bytes() == (HF_V1 / name).read_bytes()
+    assert (again / "model.safetensors").read_bytes() == (HF_V1 / "model.safetensors").read_bytes()
+    # transformers stamps the version that writes the file; everything else is the same, byte for byte
+    old, new = ((folder / "config.json").read_text() for folder in (HF_V1, again))
+    stamp = re.compile(r'"transformers_version": "[^"]*"')
+    assert stamp.sub("", new) == stamp.sub("", old)
+    assert json.loads(new)["transformers_version"] == transformers.__version__
 
 
 # --- evaluation -------------------------------------------------------------------------------------------------
@@ -706,6 +712,55 @@ def test_bad_evaluation_data(tmp_path, content, match):
         np.savez(path, a=np.zeros(2))
     with pytest.raises(InvalidArgumentError, match=match):
         udfc_hub.evaluate(timm.create_model("cifar_resnet20"), path)
+
+
+# --- more inputs: input_size, a symlinked folder, a card-less push, a twin's garbled weights -----------------------
+
+
+@pytest.mark.parametrize(
+    "size,message",
+    [
+        ((1, 32, 32), r"input_size \(1, 32, 32\) does not fit this model .*expected input.*3 channels"),
+        ((3, 0, 32), r"input_size must be \(channels, height, width\) as positive integers"),
+        ("3x32x32", "input_size must be"),
+        ((3, 32.0, 32), "input_size must be"),
+        ((3, 32, 32, 1), "input_size must be"),
+    ],
+)
+def test_input_size_is_checked(r20, size, message):
+    with pytest.raises(InvalidArgumentError, match=message):
+        udfc_hub.compress(r20, prune_ratio=0.3, bits=4, input_size=size)
+
+
+def test_saving_onto_a_symlink_to_a_folder_writes_the_folder(r20_result, tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    udfc_hub.save_pretrained(r20_result, tmp_path / "link")  # was: a raw NotADirectoryError
+    assert (tmp_path / "link").is_symlink()
+    assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    udfc_hub.save_pretrained(r20_result, tmp_path / "link", overwrite=True)
+    assert (tmp_path / "link").is_symlink() and udfc_hub.check_artifact(tmp_path / "link")
+
+
+def test_pushing_a_folder_without_its_card_is_refused(hub, r20_result, tmp_path):
+    folder = udfc_hub.save_pretrained(r20_result, tmp_path / "m")
+    (folder / "README.md").unlink()
+    with pytest.raises(InvalidArgumentError, match="has no README.md .*nothing was pushed"):
+        udfc_hub.push(folder, "me/no-card")
+    assert "me/no-card" not in hub.repos
+
+
+def test_a_twin_with_a_garbled_weights_file_is_an_artifact_error(tmp_path, monkeypatch):
+    from transformers import AutoModelForImageClassification, ResNetConfig, ResNetForImageClassification
+
+    from udfc_hub.hub import transformers_models
+
+    model = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1])).eval()
+    folder = udfc_hub.save_pretrained(udfc_hub.compress(model, prune_ratio=0.3, bits=4), tmp_path / "hf")
+    (folder / "model.safetensors").write_bytes(b"\xff" * 64)
+    monkeypatch.setattr(transformers_models, "_artifact_folder", lambda *a: None)  # as when the Hub was unreachable
+    with pytest.raises(ArtifactError, match="model.safetensors is truncated or corrupt"):
+        AutoModelForImageClassification.from_pretrained(folder)
 
 
 # --- ONNX export ------------------------------------------------------------------------------------------------

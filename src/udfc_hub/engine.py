@@ -128,7 +128,17 @@ def compress(
     cfg = CompressionConfig.build(config, **options).resolved()
     start = time.perf_counter()
     spec = describe_model(model)
-    before = profile_model(model, input_size)
+    input_size = _check_input_size(input_size)
+    try:
+        before = profile_model(model, input_size)
+    except (RuntimeError, ValueError, TypeError) as e:  # the model cannot run on that input
+        if input_size is None:
+            raise
+        raise InvalidArgumentError(
+            f"input_size {input_size} does not fit this model ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            "give (channels, height, width) as the model takes them, e.g. (3, 224, 224), or leave it out to use "
+            "the model's pretrained_cfg."
+        ) from None
     # the solves run on the CPU (a model on an accelerator is copied there, and the result moved back); only the
     # distillation of refit="distilled" runs where the model is
     device = input_device_dtype(model)[0]
@@ -177,6 +187,18 @@ def _first_non_finite(model: nn.Module) -> str | None:
         if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t.detach().abs().amax())):
             return name
     return None
+
+
+def _check_input_size(size) -> tuple[int, ...] | None:
+    """None, or (C, H, W) (a plain MLP: its features) as positive integers."""
+    if size is None:
+        return None
+    ok = isinstance(size, (tuple, list)) and 1 <= len(size) <= 3
+    if not ok or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 16384 for v in size):
+        raise InvalidArgumentError(
+            f"input_size must be (channels, height, width) as positive integers, e.g. (3, 224, 224); got {size!r}."
+        )
+    return tuple(size)
 
 
 def _check_model(model: Any) -> None:

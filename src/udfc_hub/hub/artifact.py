@@ -165,6 +165,8 @@ def _to_twin(model: nn.Module) -> None:
 def check_output_folder(path: str | os.PathLike, overwrite: bool) -> Path:
     """Refuse a target that is a file, or a non-empty folder unless ``overwrite``; the one place that checks."""
     target = Path(path)
+    if target.is_symlink() and target.is_dir():  # a link to a folder: the folder is written (renames replace links)
+        target = target.resolve()
     ancestor = next((p for p in (target, *target.parents) if p.exists()), None)
     if ancestor is not None and not os.access(ancestor, os.W_OK):
         raise InvalidArgumentError(f"{target} cannot be written: {ancestor} is not writable; choose another folder.")

@@ -7,10 +7,9 @@ retry uploads the same bytes.
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
-from ..errors import PublishError, UdfcError
+from ..errors import InvalidArgumentError, PublishError, UdfcError
 from .artifact import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, check_artifact
 from .repo_id import check_repo_id
 
@@ -61,8 +60,12 @@ def push(
     folder = Path(path)
     check_repo_id(repo_id)
     config = check_artifact(folder)
-    if not (folder / CARD_NAME).is_file():
-        warnings.warn(f"{folder} has no {CARD_NAME}: the repo {repo_id} gets no model card", stacklevel=2)
+    if not (folder / CARD_NAME).is_file():  # a repo without its card has no license, base model or usage
+        raise InvalidArgumentError(
+            f"{folder} has no {CARD_NAME} (the model card, which carries the license, the base model and how to "
+            f"load it); nothing was pushed. Restore it, or write the folder again: udfc_hub.save_pretrained("
+            f"udfc_hub.load_model('local-dir:{folder}'), NEW_FOLDER)."
+        )
     tok = resolve_token(token)
     settings = config["udfc"]["compression"]
     message = commit_message or (

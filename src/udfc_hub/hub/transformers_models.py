@@ -20,6 +20,7 @@ from typing import Any
 
 import torch.nn as nn
 from huggingface_hub.dataclasses import strict
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModelForImageClassification,
@@ -86,7 +87,14 @@ class _UdfcModelMixin:
         if folder is not None:
             validate_folder(folder)
         want_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+            )
+        except SafetensorError as e:  # a weights file that a Hub download left truncated or garbled
+            raise ArtifactError(
+                f"{pretrained_model_name_or_path}: model.safetensors is truncated or corrupt ({e}); re-download it."
+            ) from None
         problems = {k: sorted(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
         if any(problems.values()):
             listed = "; ".join(f"{k.replace('_', ' ')}: {v[:5]}" for k, v in problems.items() if v)
