@@ -18,6 +18,7 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import transformers
 from safetensors import SafetensorError
 
@@ -761,6 +762,86 @@ def test_a_twin_with_a_garbled_weights_file_is_an_artifact_error(tmp_path, monke
     monkeypatch.setattr(transformers_models, "_artifact_folder", lambda *a: None)  # as when the Hub was unreachable
     with pytest.raises(ArtifactError, match="model.safetensors is truncated or corrupt"):
         AutoModelForImageClassification.from_pretrained(folder)
+
+
+# --- the tracer -------------------------------------------------------------------------------------------------
+
+
+class _TwoOutputs(nn.Module):
+    """Logits and a feature map that the caller also reads: the feature map's channels must stay whole."""
+
+    def __init__(self, as_dict: bool):
+        super().__init__()
+        self.as_dict = as_dict
+        self.c1, self.b1 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.c2, self.b2 = nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        f = torch.relu(self.b1(self.c1(x)))
+        logits = self.fc(torch.relu(self.b2(self.c2(f))).mean((2, 3)))
+        return {"logits": logits, "features": f} if self.as_dict else (logits, f)
+
+
+@pytest.mark.parametrize("as_dict", [True, False])
+def test_a_returned_feature_map_keeps_its_channels_in_a_dict_as_in_a_tuple(as_dict):
+    # a dict's values were not looked into: its feature map lost half its channels, with no note
+    model = _TwoOutputs(as_dict).eval()
+    result = udfc_hub.compress(model, prune_ratio=0.5, bits=None, input_size=(3, 32, 32))
+    out = result.model(torch.randn(1, 3, 32, 32))
+    assert (out["features"] if as_dict else out[1]).shape[1] == 16
+    assert [g.producer.name for g in result.spec.groups] == ["c2"]
+    assert any("model output" in n for n in result.report.notes), result.report.notes
+
+
+class _Branchy(nn.Module):
+    """Branches on its data: ``ca`` runs only when the features' mean is large, which a random input never gives."""
+
+    def __init__(self, check_only: bool = False):
+        super().__init__()
+        self.check_only = check_only
+        self.c1, self.b1 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.ca, self.cb = nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 16, 1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        f = torch.relu(self.b1(self.c1(x)))
+        if self.check_only:  # reads a value, but every input takes the one path
+            assert torch.isfinite(f).all()
+            f = self.cb(self.ca(f))
+        else:
+            f = self.ca(f) if f.mean() > 100 else self.cb(f)
+        return self.fc(f.mean((2, 3)))
+
+
+def test_a_model_that_branches_on_its_data_is_refused():
+    # was: compressed from the traced branch alone, then crashed on inputs that take the other one
+    with pytest.raises(UnsupportedModelError, match=r"branches on its data \(bool in \(top level\).*ca never ran"):
+        udfc_hub.compress(_Branchy().eval(), prune_ratio=0.5, bits=None, input_size=(3, 32, 32))
+
+
+def test_a_model_that_reads_values_on_one_path_is_traced_with_a_note():
+    result = udfc_hub.compress(_Branchy(check_only=True).eval(), prune_ratio=0.5, bits=4, input_size=(3, 32, 32))
+    assert [g.producer.name for g in result.spec.groups] == ["ca", "cb"]  # isfinite is no op it knows: c1 whole
+    assert any("two random inputs took the same path" in n for n in result.report.notes), result.report.notes
+
+
+class _FunctionalConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.w = nn.Parameter(torch.randn(16, 16, 3, 3) * 0.1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc(F.conv2d(torch.relu(self.b1(self.c1(x))), self.w, padding=1).mean((2, 3)))
+
+
+def test_a_conv_called_on_a_bare_parameter_is_named_in_the_notes():
+    result = udfc_hub.compress(_FunctionalConv().eval(), prune_ratio=0.5, bits=4, input_size=(3, 32, 32))
+    assert result.spec.groups == ()  # c1 feeds the functional conv: left whole
+    note = next(n for n in result.report.notes if "no Conv2d / Linear module's own" in n)
+    assert note.startswith("1 conv / linear call(s) in (top level)") and "neither pruned nor quantized" in note
 
 
 # --- ONNX export ------------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ Nothing is guessed: an op not listed here blocks every class it touches.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -70,6 +70,8 @@ _POOL = {
 }  # fmt: skip
 _REDUCE = {"mean", "sum", "amax", "amin", "max", "min", "nanmean"}
 _COMMUTING = _HOMOGENEOUS | {"pool", "mean", "sum", "amax", "amin", "max", "min", "reshape", "mul_scalar"}
+# a data tensor's value turned into a Python value: what an ``if`` on the data, or ``.item()``, calls
+_VALUE_READS = {"bool", "item", "tolist", "int", "float", "index", "nonzero", "equal", "is_nonzero"}
 _WEIGHT_TYPES = (nn.Conv2d, nn.Linear)
 
 
@@ -151,6 +153,8 @@ class _Recorder(TorchFunctionMode):
         self.module_stack: list[str] = []
         self.last_op = ""
         self.read_sizes: dict[int, set[int]] = {}  # a size the model's code read -> the classes it was read from
+        self.value_reads: list[tuple[str, str]] = []  # (op, module) where the code read a data tensor's value
+        self.derived: list[str] = []  # modules that ran a conv / linear on a weight no Conv2d / Linear owns
 
     # --- bookkeeping -------------------------------------------------------------------------------------------
 
@@ -193,6 +197,8 @@ class _Recorder(TorchFunctionMode):
         if name in ("get", "size") and data_in and self.shape_read(name, func, args, kwargs):
             return out
         if not outs and name != "setitem":
+            if name in _VALUE_READS and data_in:  # the model's Python code looks at the data: it may branch on it
+                self.value_reads.append((name, self.module_stack[-1] if self.module_stack else ""))
             return out  # .ndim, .item() and the like
         self.last_op = name
         self.ops[name] += 1
@@ -329,6 +335,7 @@ class _Recorder(TorchFunctionMode):
             dx = self.fresh(x)
         self.block(dx[2:], "conv kernel")
         if not isinstance(module, nn.Conv2d) or module.weight is not w:
+            self.derived.append((self.module_stack[-1] if self.module_stack else "") or "(top level)")
             self.block(dx[1:2], "conv with a derived weight")
             self.fresh(out, "conv with a derived weight")
             return
@@ -358,6 +365,7 @@ class _Recorder(TorchFunctionMode):
         if dx is None:
             dx = self.fresh(x)
         if not isinstance(module, nn.Linear) or module.weight is not w:
+            self.derived.append((self.module_stack[-1] if self.module_stack else "") or "(top level)")
             self.block(dx[-1:], "linear with a derived weight")
             self.fresh(out, "linear with a derived weight")
             return
@@ -588,12 +596,53 @@ def _reshape_map(src: tuple[int, ...], dst: tuple[int, ...]) -> dict[int, int]:
 
 
 def trace_couplings(model: nn.Module, input_size: tuple[int, ...] | None = None) -> Trace:
-    """Run ``model`` once on a random input and derive its ``ModelSpec`` (see the module docstring)."""
+    """Run ``model`` on a random input and derive its ``ModelSpec`` (see the module docstring).
+
+    A model whose code reads a tensor's value into Python (``if x.mean() > 0``, ``.item()``) may branch on data:
+    one trace sees one path. It is traced again on another input; if the two runs differ, or a conv / linear was
+    never called, the model is refused (an untraced branch would break on the widths chosen from the traced one).
+    """
     from ..profile import default_input_size, input_device_dtype
 
     size = tuple(input_size) if input_size is not None else default_input_size(model)
     device, dtype = input_device_dtype(model)
     x = torch.randn(1, *size, device=device, dtype=dtype)
+    rec, out = _record(model, x)
+    for t in _flat(out):  # every tensor the model returns, in tuples, lists and dicts (ModelOutput) alike
+        if isinstance(t, torch.Tensor) and id(t) in rec.dims:
+            rec.block(rec.dims[id(t)], "model output")
+    trace = _spec_from(model, rec)
+    if rec.value_reads:
+        _check_one_path(model, rec, trace, 3 * torch.randn(1, *size, device=device, dtype=dtype).abs() + 1)
+    return trace
+
+
+def _check_one_path(model: nn.Module, rec: _Recorder, trace: Trace, other: torch.Tensor) -> None:
+    """Refuse a model whose data-dependent branches the trace cannot all have seen; note it otherwise."""
+    where = ", ".join(sorted({f"{name} in {module or '(top level)'}" for name, module in rec.value_reads})[:3])
+    again, _ = _record(model, other)
+    uncalled = [n for n, m in model.named_modules() if isinstance(m, _WEIGHT_TYPES) and n not in rec.calls]
+    if _path(again) != _path(rec) or uncalled:
+        what = f"{uncalled[0]} never ran" if uncalled and _path(again) == _path(rec) else "two inputs ran different ops"
+        raise UnsupportedModelError(
+            f"{type(model).__name__} branches on its data ({where}: a tensor's value read in Python) and one trace "
+            f"cannot see every path ({what}); widths chosen on one path would break the others. Describe it with a "
+            f"hand-written adapter instead: see {ADAPTER_DOCS}"
+        )
+    note = (
+        f"the model reads tensor values in Python ({where}); two random inputs took the same path and every "
+        "conv / linear ran, so the traced couplings are used"
+    )
+    trace.spec = replace(trace.spec, notes=(*trace.spec.notes, note))
+
+
+def _path(rec: _Recorder) -> tuple:
+    """What a trace ran: the weight layers in order, how often each module ran, and how often each op ran."""
+    return tuple(rec.order), dict(rec.calls), dict(rec.ops)
+
+
+def _record(model: nn.Module, x: torch.Tensor) -> tuple[_Recorder, Any]:
+    """One forward pass of ``model`` on ``x`` under a recorder; (the recorder, the model's output)."""
     rec = _Recorder(model)
     hooks = _stack_hooks(model, rec)
     was_training = model.training
@@ -614,10 +663,7 @@ def trace_couplings(model: nn.Module, input_size: tuple[int, ...] | None = None)
         for h in hooks:
             h.remove()
         model.train(was_training)
-    for t in _flat(out.values() if isinstance(out, dict) else out):
-        if isinstance(t, torch.Tensor) and id(t) in rec.dims:
-            rec.block(rec.dims[id(t)], "model output")
-    return _spec_from(model, rec)
+    return rec, out
 
 
 def _stack_hooks(model: nn.Module, rec: _Recorder) -> list:
@@ -697,6 +743,13 @@ def _spec_from(model: nn.Module, rec: _Recorder) -> Trace:  # noqa: C901 - the r
         notes.append(
             "compensated with the paper's linear fit (no ReLU after a BatchNorm, so no moment model): "
             + ", ".join(f"{n} group(s) with {what}" for what, n in linear_fit.most_common())
+        )
+    if rec.derived:
+        shown = ", ".join(sorted(set(rec.derived))[:3])
+        notes.append(
+            f"{len(rec.derived)} conv / linear call(s) in {shown} use a weight that is no Conv2d / Linear module's "
+            "own (F.conv2d(x, self.weight) and the like): their channels are left whole, and those weights are "
+            "neither pruned nor quantized"
         )
     open_ = sum(not g.closed_form for g in groups)
     if open_:
