@@ -981,6 +981,35 @@ def test_a_sweep_table_that_is_a_folder_or_an_unwritable_out_is_refused_before_w
 # --- the command line -------------------------------------------------------------------------------------------
 
 
+def test_cli_export_onto_a_folder_and_inspect_of_a_file_say_what_is_wrong(r20_result, tmp_path):
+    folder = udfc_hub.save_pretrained(r20_result, tmp_path / "m")
+    (tmp_path / "out").mkdir()
+    out = run_in_process("export", folder, "--onnx", tmp_path / "out")  # was: "exists; pass --overwrite"
+    assert out.returncode == 2 and "is a folder; give the ONNX file to write" in out.stderr
+    out = run_in_process("inspect", folder / "config.json")
+    assert out.returncode == 2 and "has no config.json (not a folder written by udfc-hub)" in out.stderr
+
+
+_LATE_CTRL_C = """
+import os, signal, sys, threading, time
+import udfc_hub_cli
+udfc_hub_cli.DEFER_REGISTRATION = True
+import udfc_hub.cli
+udfc_hub.cli.main = lambda argv=None: 3  # a command that has finished, with exit code 3
+def late():  # Ctrl-C once the command is over, while the interpreter waits for this thread
+    time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.5)
+threading.Thread(target=late).start()
+udfc_hub_cli.main()
+"""
+
+
+def test_a_ctrl_c_after_the_command_finished_keeps_its_exit_code():
+    proc = subprocess.run([sys.executable, "-c", _LATE_CTRL_C], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3 and "KeyboardInterrupt" not in proc.stderr, (proc.returncode, proc.stderr)
+
+
 @pytest.mark.parametrize(
     "args,code,message",
     [
@@ -995,6 +1024,9 @@ def test_a_sweep_table_that_is_a_folder_or_an_unwritable_out_is_refused_before_w
         (["compress", "resnet18", "--out", "{tmp}/o", "--push", "bad repo", "--json"], 2, "not a valid Hub repo id"),
         (["eval", "{tmp}/nonexistent/dir", "--data", "x", "--json"], 2, "does not exist"),
         (["inspect", "{tmp}/nonexistent/dir", "--json"], 2, "does not exist"),
+        # refused before any work (they failed only when the finished model was saved)
+        (["compress", "cifar_resnet20", "--bits", "4", "--out", "/proc/udfc-o", "--json"], 2, "refuses new folders"),
+        (["compress", "cifar_resnet20", "--bits", "4", "--out", "", "--overwrite", "--json"], 2, "an empty string"),
     ],
 )
 def test_cli_errors_are_json_with_json(tmp_path, args, code, message, monkeypatch):

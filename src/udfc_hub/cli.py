@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 import traceback
@@ -641,6 +642,8 @@ def cmd_export(args) -> dict[str, Any]:
         raise UsageError(
             f"{folder} is not a saved folder (no config.json); give a folder written by `udfc-hub compress`"
         )
+    if target.is_dir():
+        raise UsageError(f"--onnx {target} is a folder; give the ONNX file to write, e.g. {target / 'model.onnx'}")
     if target.exists() and not args.overwrite:
         raise UsageError(f"{target} exists; pass --overwrite to replace it")
     _say(args, f"exporting {folder} to {target} (ONNX opset {args.opset}) ...")
@@ -811,6 +814,8 @@ def _entry() -> None:
     except KeyboardInterrupt:  # during argument parsing or an import: no traceback
         print("udfc-hub: interrupted", file=sys.stderr)
         code = 130
+    # the command is over: a Ctrl-C while the interpreter shuts down (joining threads, atexit) changes nothing
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(code)
 
 

@@ -164,6 +164,8 @@ def _to_twin(model: nn.Module) -> None:
 
 def check_output_folder(path: str | os.PathLike, overwrite: bool) -> Path:
     """Refuse a target that is a file, or a non-empty folder unless ``overwrite``; the one place that checks."""
+    if not str(path):  # Path("") is the working folder, which overwrite=True would replace
+        raise InvalidArgumentError("the output folder is an empty string; give a folder path, e.g. 'resnet-udfc'.")
     target = Path(path)
     if target.is_symlink() and target.is_dir():  # a link to a folder: the folder is written (renames replace links)
         target = target.resolve()
@@ -176,6 +178,13 @@ def check_output_folder(path: str | os.PathLike, overwrite: bool) -> Path:
         raise InvalidArgumentError(
             f"{target} exists and is not empty; pass overwrite=True (CLI: --overwrite) or choose a new folder."
         )
+    if ancestor is not None and ancestor.is_dir():  # some file systems (/proc) refuse what access() allows
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".udfc-probe-", dir=ancestor))
+        except OSError as e:
+            raise InvalidArgumentError(
+                f"{target} cannot be written: {ancestor} refuses new folders ({e.strerror}); choose another folder."
+            ) from None
     return target
 
 
