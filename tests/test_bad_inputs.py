@@ -286,6 +286,40 @@ def test_card_strings_are_escaped(r20_result, tmp_path):
     assert "<b>" not in body and "<img" not in body and "&lt;img src=x onerror=alert\\(1\\)&gt;" in body
 
 
+# --- fresh installs: transformers' kernelized load ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("use_kernels", ["YES", "NO"])
+def test_twins_save_and_load_with_and_without_hub_kernels(use_kernels, tmp_path, monkeypatch):
+    """transformers 5.2x kernelizes every model at the end of from_pretrained (when the `kernels` package is
+    installed, as transformers itself now requires). A packed layer's float weight is not in the file, so it must be
+    derived from its codes as soon as they load: a weight left on the meta device broke every save and load. The
+    spy records what transformers' post-load step saw."""
+    if use_kernels == "YES":
+        pytest.importorskip("kernels", reason="the `kernels` package is not installed: nothing kernelizes")
+    monkeypatch.setenv("USE_HUB_KERNELS", use_kernels)
+    from transformers import AutoModelForImageClassification, PreTrainedModel
+
+    seen = []
+    post_load = PreTrainedModel.set_use_kernels
+
+    def spy(model, *args, **kwargs):
+        seen.append([name for name, p in model.named_parameters() if p.is_meta])
+        return post_load(model, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "set_use_kernels", spy)
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    config = ResNetConfig(embedding_size=16, hidden_sizes=[32, 64], depths=[2, 1], layer_type="bottleneck")
+    result = udfc_hub.compress(ResNetForImageClassification(config).eval(), prune_ratio=0.5, bits=4)
+    folder = udfc_hub.save_pretrained(result, tmp_path / "r")  # reloads the folder before it keeps it
+    loaded = AutoModelForImageClassification.from_pretrained(folder)
+    assert seen and all(meta == [] for meta in seen), seen
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.equal(loaded(x).logits, result.model(x).logits)
+
+
 # --- tampered artifacts -----------------------------------------------------------------------------------------
 
 

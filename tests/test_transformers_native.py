@@ -144,30 +144,3 @@ def test_push_then_load_from_the_hub_and_with_load_model(hub, tmp_path):
     assert (_logits(from_hub, x) - ref).abs().max() <= 1e-5
     for source in ("hf-hub:me/convnext-udfc", f"local-dir:{folder}"):
         assert (_logits(udfc_hub.load_model(source), x) - ref).abs().max() <= 1e-5
-
-
-@pytest.mark.parametrize("use_kernels", ["YES", "NO"])
-def test_twins_save_and_load_with_and_without_hub_kernels(use_kernels, tmp_path, monkeypatch):
-    """transformers 5.2x kernelizes every model at the end of from_pretrained (when the `kernels` package is
-    installed, as transformers itself now requires). A packed layer's float weight is not in the file, so it must be
-    derived from its codes as soon as they load: a weight left on the meta device broke every save and load. The
-    spy records what transformers' post-load step saw."""
-    if use_kernels == "YES":
-        pytest.importorskip("kernels", reason="the `kernels` package is not installed: nothing kernelizes")
-    monkeypatch.setenv("USE_HUB_KERNELS", use_kernels)
-    from transformers import PreTrainedModel
-
-    seen = []
-    post_load = PreTrainedModel.set_use_kernels
-
-    def spy(model, *args, **kwargs):
-        seen.append([name for name, p in model.named_parameters() if p.is_meta])
-        return post_load(model, *args, **kwargs)
-
-    monkeypatch.setattr(PreTrainedModel, "set_use_kernels", spy)
-    result = udfc_hub.compress(_model("resnet-bottleneck"), prune_ratio=0.5, bits=4)
-    folder = udfc_hub.save_pretrained(result, tmp_path / "r")  # reloads the folder before it keeps it
-    loaded = AutoModelForImageClassification.from_pretrained(folder)
-    assert seen and all(meta == [] for meta in seen), seen
-    x = torch.randn(2, 3, SIZE, SIZE)
-    assert torch.equal(_logits(loaded, x), _logits(result.model, x))
