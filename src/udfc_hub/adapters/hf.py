@@ -9,10 +9,18 @@ linear weight is quantized.
 
 from __future__ import annotations
 
+import sys
+
 import torch.nn as nn
-from transformers import ConvNextForImageClassification, ResNetForImageClassification, ViTForImageClassification
 
 from .base import ChannelGroup, Consumer, Layer, ModelSpec, mlp_spec
+
+
+def _is_a(model: nn.Module, class_name: str) -> bool:
+    """``model`` is an instance of transformers' ``class_name``; without transformers imported, none can be (and
+    udfc_hub does not import it: ``import udfc_hub`` stays as light as timm's)."""
+    transformers = sys.modules.get("transformers")
+    return transformers is not None and isinstance(model, getattr(transformers, class_name))
 
 
 class HFResNetAdapter:
@@ -20,7 +28,7 @@ class HFResNetAdapter:
     examples = "microsoft/resnet-18, microsoft/resnet-50, ResNetConfig(...)"
 
     def matches(self, model: nn.Module) -> bool:
-        return isinstance(model, ResNetForImageClassification)
+        return _is_a(model, "ResNetForImageClassification")
 
     def describe(self, model: nn.Module) -> ModelSpec:
         stem = "resnet.embedder.embedder"
@@ -52,7 +60,7 @@ class HFConvNextAdapter:
     examples = "facebook/convnext-tiny-224, ConvNextConfig(...)"
 
     def matches(self, model: nn.Module) -> bool:
-        return isinstance(model, ConvNextForImageClassification)
+        return _is_a(model, "ConvNextForImageClassification")
 
     def describe(self, model: nn.Module) -> ModelSpec:
         return mlp_spec(model, self.family, "pwconv1", "pwconv2")
@@ -63,7 +71,7 @@ class HFViTAdapter:
     examples = "google/vit-base-patch16-224, ViTConfig(...)"
 
     def matches(self, model: nn.Module) -> bool:
-        return isinstance(model, ViTForImageClassification)
+        return _is_a(model, "ViTForImageClassification")
 
     def describe(self, model: nn.Module) -> ModelSpec:
         return mlp_spec(model, self.family, "fc1", "fc2")

@@ -1,9 +1,8 @@
-"""Artifact and Hub I/O: packed safetensors, config.json, model card, timm entrypoints (registered on import)."""
+"""Artifact and Hub I/O: packed safetensors, config.json, model card, timm entrypoints (registered on import),
+transformers twins (``transformers_models``: registered once transformers itself is imported, see
+``udfc_hub.register``)."""
 
-from . import (
-    timm_models,  # noqa: F401  (registers udfc_* architectures with timm)
-    transformers_models,  # noqa: F401  (registers udfc_resnet/udfc_convnext/udfc_vit with transformers)
-)
+from . import timm_models  # noqa: F401  (registers the udfc_* architectures with timm)
 from .artifact import FORMAT, FORMAT_VERSION, check_artifact, pack_model, read_config, save_pretrained
 from .quantized import QuantizedConv2d, QuantizedLinear
 

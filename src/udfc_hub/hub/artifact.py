@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import struct
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,6 @@ from .manifest import Manifest, Provenance, read_config_file
 from .quantized import convert_to_packed
 from .repo_id import check_repo_id
 from .timm_models import PREFIX, constructor_args, register_compressed
-from .transformers_models import is_transformers_model, udfc_twin
 from .validate import CONFIG_NAME, DIGEST_KEY, WEIGHTS_NAME, validate_folder, weights_digest
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "save_pretrained", "pack_model", "read_config", "check_artifact"]
@@ -44,6 +44,15 @@ CARD_NAME = "README.md"
 def _metadata(version: int = FORMAT_VERSION) -> dict[str, str]:
     """The safetensors header's metadata (a re-saved format 1 artifact keeps its version, byte for byte)."""
     return {"format": "pt", "udfc_format": FORMAT, "udfc_format_version": str(version)}
+
+
+def is_transformers_model(model: nn.Module) -> bool:
+    """A transformers image classifier saved as a udfc twin (only possible once transformers is imported)."""
+    if "transformers" not in sys.modules:
+        return False
+    from .transformers_models import is_transformers_model as is_twin_source
+
+    return is_twin_source(model)
 
 
 def pack_model(result: CompressionResult, base_model: str | None = None) -> nn.Module:
@@ -150,6 +159,8 @@ def resized_shapes(result: CompressionResult) -> dict[str, tuple[int, ...]]:
 
 def _to_twin(model: nn.Module) -> None:
     """Make a packed transformers model its udfc twin class, with the manifest in ``config.udfc``."""
+    from .transformers_models import udfc_twin
+
     config_cls, model_cls = udfc_twin(model)
     fields = {
         k: v for k, v in model.config.to_dict().items() if k not in ("model_type", "transformers_version", "udfc")
