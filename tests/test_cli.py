@@ -247,3 +247,16 @@ def test_offline_load_names_the_ways_out(tmp_path):
     proc = run("compress", "resnet18", "--out", tmp_path / "o", env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)})
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "HF_HUB_OFFLINE=1" in proc.stderr and "--checkpoint" in proc.stderr and "local-dir:" in proc.stderr
+
+
+def test_compress_random_init_works_offline_and_names_no_base(tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # nothing could be downloaded
+    out = tmp_path / "r20-random"
+    proc = run("compress", "cifar_resnet20", "--random-init", "--bits", "4", "--out", out, "--json", "--quiet", env=env)
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["udfc"]["base_model"] is None and "base_model:" not in (out / "README.md").read_text()
+    for args in (["--checkpoint", out / "model.safetensors"], []):
+        source = "cifar_resnet20" if args else f"local-dir:{out}"
+        proc = run("compress", source, "--random-init", *args, "--out", tmp_path / "x")
+        assert proc.returncode == 2 and "--random-init builds a timm model by name" in proc.stderr

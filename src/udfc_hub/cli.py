@@ -21,6 +21,7 @@ from .units import format_bytes, format_count
 EXAMPLES = {
     "compress": """examples:
   udfc-hub compress resnet34 --prune 0.3 --bits 6 --out resnet34-udfc
+  udfc-hub compress resnet18 --random-init --bits 4 --out r18-random      offline: no weights downloaded
   udfc-hub compress cifar_resnet56 --checkpoint resnet56-4bfd9763.th --bits 4 --out r56-w4 --eval cifar10.npz
   udfc-hub compress resnet50.a1_in1k --method udfc --out r50 --push me/resnet50-udfc-p30-w6
   udfc-hub compress resnet50.a1_in1k --prune 0 --bits 8 --act-bits 8 --out r50-w8a8      W8A8, for int8 runtimes
@@ -226,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", help="timm name (resnet34, resnet34.a1_in1k), hf-hub:..., local-dir:...")
     add_config_args(p)
     p.add_argument("--checkpoint", metavar="PATH", help="load weights from a local file (.safetensors, .pth, .th)")
+    p.add_argument("--random-init", action="store_true",
+                   help="start from randomly initialised weights (timm's pretrained=False): no download, e.g. to "
+                        "try udfc-hub offline; the result names no pretrained base")  # fmt: skip
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write (must not exist or be empty)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     p.add_argument("--push", metavar="REPO_ID", help="publish the folder to this Hub repo")
@@ -439,8 +443,11 @@ def cmd_compress(args) -> dict[str, Any]:
     if args.push:  # a bad repo id or no token: fail before any work
         check_repo_id(args.push)
         resolve_token(None)
+    if args.random_init and (args.checkpoint or args.model.startswith(("hf-hub:", "local-dir:"))):
+        raise UsageError("--random-init builds a timm model by name with random weights; it takes no --checkpoint, "
+                         "hf-hub: or local-dir: source")  # fmt: skip
     start = time.perf_counter()
-    base = _load(args.model, args.checkpoint)
+    base = _load(args.model, args.checkpoint, pretrained=not args.random_init)
     result = compress(base, cfg, progress=not args.quiet)
     accuracy = before = after = None
     if args.eval:
