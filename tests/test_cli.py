@@ -260,3 +260,17 @@ def test_compress_random_init_works_offline_and_names_no_base(tmp_path):
         source = "cifar_resnet20" if args else f"local-dir:{out}"
         proc = run("compress", source, "--random-init", *args, "--out", tmp_path / "x")
         assert proc.returncode == 2 and "--random-init builds a timm model by name" in proc.stderr
+
+
+@pytest.mark.parametrize("offline", ["", "1"])
+def test_an_unreachable_hub_fails_fast_with_what_to_do(tmp_path, offline):
+    # a host name that never resolves (RFC 2606): was a minute of retries, then a message to set HF_HUB_OFFLINE=1
+    # even where it was set already
+    env = {"HF_ENDPOINT": "https://hub.udfc-test.invalid", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": offline}
+    proc = run("compress", "resnet18", "--bits", "4", "--out", tmp_path / "o", env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "--random-init" in proc.stderr
+    assert "[Retry " not in proc.stderr  # huggingface_hub's backoff lines: one failed look-up, no retries
+    if offline:
+        assert "HF_HUB_OFFLINE=1 is set and the weights are not in the Hugging Face cache" in proc.stderr
+    else:
+        assert "hub.udfc-test.invalid does not resolve (no network?)" in proc.stderr

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch.nn as nn
 
@@ -75,17 +80,18 @@ def _pretrained(source: str) -> nn.Module:
 
     if source.startswith("local-dir:"):  # a folder: the one validation first, whatever loads it next
         validate_folder(source.removeprefix("local-dir:"))
-    try:
-        twin = _transformers_twin(source) if source.startswith(_HUB_PREFIXES) else None
-        if twin is not None:  # a transformers-native udfc artifact (model_type udfc_resnet, ...)
-            from transformers import AutoModelForImageClassification
+    with _offline_if_unreachable(source) as offline:
+        try:
+            twin = _transformers_twin(source) if source.startswith(_HUB_PREFIXES) else None
+            if twin is not None:  # a transformers-native udfc artifact (model_type udfc_resnet, ...)
+                from transformers import AutoModelForImageClassification
 
-            return AutoModelForImageClassification.from_pretrained(twin).eval()
-        model = timm.create_model(source, pretrained=True).eval()
-    except UdfcError:
-        raise
-    except Exception as e:  # network, missing weights, or a corrupt cache: say so in one line
-        raise UdfcError(_load_failure(source, e)) from e
+                return AutoModelForImageClassification.from_pretrained(twin).eval()
+            model = timm.create_model(source, pretrained=True).eval()
+        except UdfcError:
+            raise
+        except Exception as e:  # network, missing weights, or a corrupt cache: say so in one line
+            raise UdfcError(_load_failure(source, e, offline)) from e
     # these weights came from a named pretrained source: the card may name it as the base model
     hub_id = source.removeprefix("hf-hub:") if source.startswith("hf-hub:") else None
     if not source.startswith("local-dir:"):
@@ -93,19 +99,69 @@ def _pretrained(source: str) -> nn.Module:
     return model
 
 
-def _load_failure(source: str, e: Exception) -> str:
+@contextmanager
+def _offline_if_unreachable(source: str) -> Iterator[str | None]:
+    """Why the load runs offline: "set" (HF_HUB_OFFLINE), "unresolved" (the Hub's host name does not resolve: the
+    load runs as if HF_HUB_OFFLINE were set, so that cached weights still load and missing ones fail at once
+    instead of after a minute of retries), or None (online, or a local folder)."""
+    from huggingface_hub import constants
+
+    if source.startswith("local-dir:"):
+        yield None
+    elif constants.HF_HUB_OFFLINE:
+        yield "set"
+    elif _resolves(urlparse(constants.ENDPOINT).hostname):
+        yield None
+    else:
+        constants.HF_HUB_OFFLINE = True
+        try:
+            yield "unresolved"
+        finally:
+            constants.HF_HUB_OFFLINE = False
+
+
+def _resolves(host: str | None, timeout: float = 5.0) -> bool:
+    """Whether ``host`` resolves; a resolver that has not answered within ``timeout`` seconds counts as yes."""
+    if not host:
+        return True
+    answer: list[bool] = []
+
+    def look_up() -> None:
+        try:
+            socket.getaddrinfo(host, 443)
+            answer.append(True)
+        except OSError:
+            answer.append(False)
+
+    thread = threading.Thread(target=look_up, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return answer[0] if answer else True
+
+
+def _load_failure(source: str, e: Exception, offline: str | None = None) -> str:
     """One message for a failed pretrained load, with the ways to work without the network."""
+    from huggingface_hub import constants
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    if isinstance(e, LocalEntryNotFoundError) or "offline" in str(e).lower():
-        why = "the Hub cannot be reached (or HF_HUB_OFFLINE=1 is set) and the weights are not in the local cache"
+    local = "load a local weights file (CLI --checkpoint PATH, Python checkpoint=PATH), a saved folder "
+    local += "(local-dir:PATH), or random weights (CLI --random-init, Python pretrained=False)"
+    cache = f"the Hugging Face cache ({constants.HF_HUB_CACHE})"
+    if offline == "set":
+        why = f"HF_HUB_OFFLINE=1 is set and the weights are not in {cache}"
+        then = f"download them once with the network on (unset HF_HUB_OFFLINE), or {local}"
+    elif offline == "unresolved":
+        host = urlparse(constants.ENDPOINT).hostname
+        why = f"{host} does not resolve (no network?) and the weights are not in {cache}"
+        then = f"{local}; set HF_HUB_OFFLINE=1 to skip the network look-up altogether"
+    elif isinstance(e, LocalEntryNotFoundError) or "offline" in str(e).lower():
+        why = f"the Hub cannot be reached and the weights are not in {cache}"
+        then = f"{local}, or set HF_HUB_OFFLINE=1 to use the cache without waiting for the network"
     else:
         why = f"{type(e).__name__}: {str(e)[:300]}"
-    return (
-        f"could not load pretrained weights for {source} ({why}). To work offline: load a local weights file "
-        "(CLI --checkpoint PATH, Python checkpoint=PATH), a saved folder (local-dir:PATH), or set HF_HUB_OFFLINE=1 "
-        "to use the weights in the Hugging Face cache without waiting for the network (README: Working offline)."
-    )
+        then = f"to work offline, {local}, or set HF_HUB_OFFLINE=1 to use the cache without waiting for the network"
+    then = then[0].upper() + then[1:]
+    return f"could not load pretrained weights for {source} ({why}). {then} (README: Working offline)."
 
 
 def load_model(
