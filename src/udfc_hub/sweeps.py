@@ -684,8 +684,10 @@ def sweep(
 
     Args:
         models: timm names, ``hf-hub:`` / ``local-dir:`` sources, or ``"NAME=CHECKPOINT"`` (weights from a file).
-        prune_ratios, bits, methods: the grid (``bits=None``: float weights); ``options``: any other
-            ``compress`` option, the same for every cell.
+        prune_ratios: the grid's prune ratios (a number or a sequence).
+        bits: the grid's weight bits (``None``: float weights).
+        methods: the grid's methods.
+        options: any other ``compress`` option, the same for every cell.
         data: evaluation images (see ``udfc_hub.evaluate``); ``limit=N`` takes N evenly spaced images;
             ``batch_size`` images per forward pass (activation memory grows with it).
         out: folder of the results table (``results.jsonl``, appended as cells finish; a rerun skips the cells
