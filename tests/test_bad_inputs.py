@@ -650,7 +650,7 @@ def test_transformers_refuses_a_missing_tensor(tmp_path):
 
 
 # transformers reads these itself before any udfc_hub code runs, and refuses them with its own error; a huge
-# num_classes is parsed by transformers' config class (one label name per class) before that: see the README
+# num_classes is parsed by transformers' config class (one label name per class) before that: see docs/security.md
 TRANSFORMERS_OWN = {
     "config a list": ValueError,
     "config not JSON": OSError,

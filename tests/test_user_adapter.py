@@ -1,4 +1,4 @@
-"""The README's example: a user states the couplings of their own model by module names."""
+"""docs/models.md's example: a user states the couplings of their own model by module names."""
 
 import torch
 import torch.nn as nn

@@ -161,7 +161,7 @@ def _load_failure(source: str, e: Exception, offline: str | None = None) -> str:
         why = f"{type(e).__name__}: {str(e)[:300]}"
         then = f"to work offline, {local}, or set HF_HUB_OFFLINE=1 to use the cache without waiting for the network"
     then = then[0].upper() + then[1:]
-    return f"could not load pretrained weights for {source} ({why}). {then} (README: Working offline)."
+    return f"could not load pretrained weights for {source} ({why}). {then} (docs/guide.md: Working offline)."
 
 
 def load_model(

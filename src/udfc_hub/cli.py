@@ -322,8 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args, e, 2, parser.prog)
     except UnsupportedModelError as e:  # usage: the model is not one udfc-hub can describe
         short = str(e).splitlines()[0]
-        return _fail(args, UsageError(f"{short} (--debug lists the supported families; README: Your own model)"), 2,
-                     parser.prog, cause=e)  # fmt: skip
+        hint = "--debug lists the supported families; docs/models.md: Your own model"
+        return _fail(args, UsageError(f"{short} ({hint})"), 2, parser.prog, cause=e)
     except PublishError as e:
         repo = getattr(args, "push", None) or getattr(args, "repo_id", None)
         if e.local_path is None or repo is None:

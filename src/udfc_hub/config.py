@@ -60,10 +60,10 @@ NM_VARIANTS = ("code", "derived")  # ops.prune.NM_VARIANTS
 MIN_BITS, MAX_BITS = 2, 8  # ops.quantize.MIN_BITS / MAX_BITS
 
 # What each method means for the options left at None. "udfc" is the paper as written; "udfc+" is this
-# project's data-free extension (docs/method.md); the others are baselines.
+# project's data-free extension (docs/research-log.md); the others are baselines.
 # udfc+ keeps the channels its moment model says carry the most, spreads the pruning by the same measure (weighed
 # by the residual stream where a model mixes residual branches with blocks that carry the whole signal) and
-# measures the model's correlations in the BN-matched probe (docs/method.md, "Beyond udfc+": better than l2,
+# measures the model's correlations in the BN-matched probe (docs/research-log.md, "Beyond udfc+": better than l2,
 # uniform widths and the filters' correlations on every benchmark); the others keep the paper's norm criterion,
 # uniform widths and the filters.
 _PAPER = dict(criterion="l2", layer_ratios="uniform", correlations="filters")
@@ -165,7 +165,7 @@ class CompressionConfig:
     act_range: str = _option(
         "max",
         "activation range from the BN-matched probe: max (its extremes) or mse (the clip that minimises the "
-        "expected error under the probe's Gaussian model; clips real activations too hard, see docs/method.md)",
+        "expected error under the probe's Gaussian model; clips real activations too hard, see docs/research-log.md)",
         choices=ACT_RANGES,
         kind="choice",
         advanced=True,

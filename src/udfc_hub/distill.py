@@ -37,7 +37,7 @@ __all__ = [
 DISTILL_STEPS = 1000  # Adam steps of the BN-statistics inversion
 DISTILL_LR = 0.1
 JITTER = 30 / 224  # the largest random shift per step, as a fraction of the image side (DeepInversion: 30 px at 224)
-JITTER_MIN_SIDE = 128  # by default smaller images are not shifted (CIFAR's 32x32: measured a loss, docs/method.md)
+JITTER_MIN_SIDE = 128  # smaller images are not shifted by default (CIFAR's 32x32: a loss, docs/research-log.md)
 MIN_ROWS_PER_INPUT = 4  # fewer samples (images x positions) per input read: the prior weights decide (a note says so)
 
 

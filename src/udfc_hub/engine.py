@@ -241,7 +241,7 @@ def _probe(model, spec: ModelSpec, cfg: CompressionConfig, n_keep, input_size, n
         if moments and g.producer.name in n_keep and g.producer.norm and g.relu_after_norm and g.depthwise is None
     ]
     # groups through a depthwise conv (their moment model, udfc and udfc+): the depthwise conv's BN outputs, in
-    # the natural-noise pass (white noise did not help them, docs/method.md)
+    # the natural-noise pass (white noise did not help them, docs/research-log.md)
     dw_names = [
         g.depthwise.norm
         for g in spec.groups

@@ -25,7 +25,7 @@ class Layer:
     itself when shortcut is None (a residual block's last conv); ``layer_ratios="stream"`` weighs the block's
     groups by the branch's share of that sum, and ``refit="distilled"`` also repairs what the compressed shortcut
     branch changed unless ``refit_shortcut`` is False (EfficientNet's inverted residuals, where that repair
-    measured no better: docs/method.md)."""
+    measured no better: docs/research-log.md)."""
 
     name: str
     norm: str | None = None

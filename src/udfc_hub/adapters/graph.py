@@ -43,7 +43,7 @@ from .base import ChannelGroup, Consumer, Layer, ModelSpec
 
 __all__ = ["GraphAdapter", "trace_couplings", "ADAPTER_DOCS"]
 
-ADAPTER_DOCS = "the README, section 'Your own model: state its couplings by module name'"
+ADAPTER_DOCS = "docs/models.md, section 'Your own model: state its couplings by module name'"
 
 # per-element ops that commute with a positive per-channel scale (f(t x) = t f(x))
 _HOMOGENEOUS = {"relu", "leaky_relu", "neg", "abs"}

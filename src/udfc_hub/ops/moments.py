@@ -5,7 +5,7 @@ The only statistics used are the BatchNorm's: the output of channel i is modelle
 correlated like their BN-folded filters, ``rho_ij = cos(R_i, R_j)`` (an input with identity covariance).
 From that, the means and covariances of ``relu(z)`` follow in closed form up to a 1-D quadrature
 (``E[relu(z_i) relu(z_j)]`` integrates the closed-form conditional mean of the second ReLU over the first).
-See docs/method.md, "udfc+".
+See docs/research-log.md, "udfc+".
 """
 
 from __future__ import annotations

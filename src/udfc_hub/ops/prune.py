@@ -1,7 +1,7 @@
 """Channel pruning math as pure tensor functions: ranking, UDFC's closed-form scales, Neuron Merging, and the
 merge of pruned channels into the consumer layer.
 
-Notation (see docs/method.md): a producer layer has filters ``w_i`` (rows of ``weight`` flattened), followed
+Notation (see docs/research-log.md): a producer layer has filters ``w_i`` (rows of ``weight`` flattened), followed
 by BatchNorm (gamma, beta, mean, var, eps). ``R_i = gamma_i / sigma_i * w_i`` and ``K_i = beta_i - gamma_i mu_i /
 sigma_i`` are the BN-folded filter and bias. A scale matrix ``scales`` has one row per pruned channel j and one
 column per kept channel i: channel j's output is approximated by ``sum_i scales[j, i] * out_i``.
