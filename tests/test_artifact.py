@@ -274,3 +274,26 @@ def test_a_pruned_artifact_quantized_again_keeps_its_widths(saved, tmp_path, rat
     folder = save_pretrained(again, tmp_path / "again")
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(_logits(_load_timm(folder), x), _logits(again.model, x))
+
+
+def test_a_card_without_a_base_states_the_given_license_or_that_none_was_given(tmp_path):
+    result = udfc_hub.compress(timm.create_model("cifar_resnet20").eval(), prune_ratio=0.3, bits=4)
+    plain = udfc_hub.save_pretrained(result, tmp_path / "plain")
+    card = (plain / "README.md").read_text()
+    assert "license:" not in card.split("---")[1] and "No license was given for these weights" in card
+    mine = udfc_hub.save_pretrained(result, tmp_path / "mine", license="mit")
+    card = (mine / "README.md").read_text()
+    assert yaml.safe_load(card.split("---")[1])["license"] == "mit" and "No license was given" not in card
+    with pytest.raises(udfc_hub.InvalidArgumentError, match="license must be a Hub license id"):
+        udfc_hub.save_pretrained(result, tmp_path / "bad", license="MIT License")
+
+
+def test_an_evaluation_on_a_subset_is_labelled_and_kept_out_of_the_model_index(tmp_path):
+    result = udfc_hub.compress(timm.create_model("cifar_resnet20").eval(), prune_ratio=0.3, bits=4)
+    accuracy = {"dataset": "cifar10", "n": 100, "of": 10000, "top1": 80.0, "base_top1": 81.0}
+    card = (udfc_hub.save_pretrained(result, tmp_path / "m", accuracy=accuracy) / "README.md").read_text()
+    assert "model-index" not in card.split("---")[1]
+    assert "a subset: 100 of the 10000 images of cifar10" in card
+    whole = {**accuracy, "n": 10000}
+    card = (udfc_hub.save_pretrained(result, tmp_path / "w", accuracy=whole) / "README.md").read_text()
+    assert "model-index" in card.split("---")[1]

@@ -128,3 +128,32 @@ def test_bad_repo_id(hub, saved, repo_id):
 def test_unknown_model_name_is_clear():
     with pytest.raises(InvalidArgumentError, match="unknown timm model 'resnet9999'"):
         udfc_hub.load_model("resnet9999")
+
+
+@pytest.mark.parametrize("kind", ["timm", "transformers"])
+def test_the_pushed_cards_snippet_runs_as_pasted(hub, saved, tmp_path, kind):
+    # the folder was saved without a repo id: the card named "<namespace>/c20", and its snippet left `image` undefined
+    import json
+    import os
+    import re
+    import subprocess
+    import sys
+
+    if kind == "timm":
+        folder, repo = saved[1], "me/pasted-timm"
+    else:
+        from transformers import ResNetConfig, ResNetForImageClassification
+
+        model = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1]))
+        folder = udfc_hub.save_pretrained(udfc_hub.compress(model.eval(), prune_ratio=0.3, bits=4), tmp_path / "hf")
+        repo = "me/pasted-hf"
+    udfc_hub.push(folder, repo)
+    card = hub.repos[repo].files["README.md"].decode()
+    assert "<namespace>" not in card and "<namespace>" in (folder / "README.md").read_text()  # the local card is kept
+    snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_DISABLE_XET": "1"}
+    env.pop("HF_HUB_OFFLINE", None)
+    out = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    top5 = json.loads(out.stdout.strip().splitlines()[-1].replace("(", "[").replace(")", "]").replace("'", '"'))
+    assert len(top5) == (5 if kind == "timm" else 2) and all(0 <= p <= 1 for _, p in top5)  # 10 / 2 classes

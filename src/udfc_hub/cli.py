@@ -234,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     p.add_argument("--push", metavar="REPO_ID", help="publish the folder to this Hub repo")
     p.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    p.add_argument("--license", metavar="ID",
+                   help="the weights' license for the card (a Hub id such as apache-2.0) where no pretrained base "
+                        "passes one on")  # fmt: skip
     p.add_argument("--eval", metavar="DATA", help="measure top-1 before/after on DATA (.npz, labels.tsv, ImageFolder)")
     p.add_argument("--limit", type=_positive, metavar="N", help="with --eval: N evenly spaced images only")
 
@@ -454,7 +457,9 @@ def cmd_compress(args) -> dict[str, Any]:
         before, after, accuracy = compare_accuracy(
             base, result.model, args.eval, progress=not args.quiet, limit=args.limit
         )
-    folder = save_pretrained(result, out, overwrite=args.overwrite, accuracy=accuracy, repo_id=args.push)
+    folder = save_pretrained(
+        result, out, overwrite=args.overwrite, accuracy=accuracy, repo_id=args.push, license=args.license
+    )
     url = push(folder, args.push, private=args.private) if args.push else None
     rep = result.report
     size = (folder / "model.safetensors").stat().st_size

@@ -32,8 +32,16 @@ _ACCEPTED = (
 class EvalData:
     """Images (a uint8 array or file paths) with integer labels, and a short name for reports."""
 
-    def __init__(self, name: str, labels: np.ndarray, array: np.ndarray | None = None, files: list[Path] | None = None):
+    def __init__(
+        self,
+        name: str,
+        labels: np.ndarray,
+        array: np.ndarray | None = None,
+        files: list[Path] | None = None,
+        of: int | None = None,
+    ):
         self.name, self.labels, self.array, self.files = name, labels, array, files
+        self.of = of  # a subset: the number of images of the whole data set
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -48,6 +56,7 @@ class EvalData:
             self.labels[idx],
             array=None if self.array is None else self.array[idx],
             files=None if self.files is None else [self.files[i] for i in idx],
+            of=self.of or len(self),
         )
 
     def image(self, i: int) -> Image.Image:
@@ -271,6 +280,7 @@ def compare_accuracy(
         "top5": after["top5"],
         "base_top1": before["top1"],
         "base_top5": before["top5"],
+        **({"of": ds.of} if ds.of else {}),  # a subset: the card says so and keeps it out of the model-index
     }
     return before, after, card
 

@@ -269,6 +269,8 @@ def _run_cell(cell, base, reference, data, artifacts, repo_id, batch_size) -> di
             eval_s=round(time.perf_counter() - t0, 3),
         )
         accuracy = {"dataset": scores["dataset"], "n": scores["n"], "top1": scores["top1"], "top5": scores["top5"]}
+        if data.of:  # evaluated on a subset (limit=N): the card says so
+            accuracy["of"] = data.of
         if before:
             accuracy.update(base_top1=before["top1"], base_top5=before["top5"])
     if artifacts is None:  # the size the file would have, packed in memory; a saved file is measured instead

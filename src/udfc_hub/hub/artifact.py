@@ -12,6 +12,7 @@ import errno
 import glob
 import json
 import os
+import re
 import shutil
 import struct
 import sys
@@ -26,7 +27,7 @@ from safetensors.torch import load_file, save
 
 from ..engine import CompressionResult
 from ..errors import ArtifactError, InvalidArgumentError
-from ..profile import ModelStats, profile_model
+from ..profile import ModelStats, default_input_size, profile_model
 from ..surgery import input_range, output_range
 from .card import render_card
 from .format import ACT_FORMAT_VERSION, FLOW_FORMAT_VERSION, FORMAT, FORMAT_VERSION, MIXED_FORMAT_VERSION
@@ -208,6 +209,7 @@ def save_pretrained(
     accuracy: dict[str, Any] | None = None,
     repo_id: str | None = None,
     verify: bool = True,
+    license: str | None = None,
 ) -> Path:
     """Write ``model.safetensors``, ``config.json`` and a model card ``README.md`` into the folder ``path``.
 
@@ -223,6 +225,8 @@ def save_pretrained(
         repo_id: the Hub repo the folder is meant for (used in the card's usage snippet).
         verify: before the folder is put in place, load it as timm / transformers would and require the same
             logits on a small input; a folder that would not reload exactly is never written.
+        license: the weights' license (a Hub license id such as ``"apache-2.0"``) where no pretrained base passes
+            one on, e.g. for a model you trained yourself; without one the card says that none was given.
 
     Example:
         >>> import tempfile, timm, udfc_hub
@@ -239,6 +243,8 @@ def save_pretrained(
     model, after = _packed(result, base_model)
     if accuracy is not None:
         model.udfc_manifest = model.udfc_manifest.with_provenance(accuracy=_check_accuracy(accuracy))
+    if license is not None:
+        model.udfc_manifest = model.udfc_manifest.with_provenance(base_license=_check_license(license))
     manifest = model.udfc_manifest
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -270,6 +276,7 @@ def save_pretrained(
             file_size=(tmp / WEIGHTS_NAME).stat().st_size,
             name=repo_id.split("/")[-1] if repo_id else target.name,
             repo_id=repo_id,
+            input_size=default_input_size(model),
         )
         (tmp / CARD_NAME).write_text(card)
         if verify:
@@ -366,10 +373,19 @@ def _serialize(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> byte
     return data[:8] + text.ljust(n) + data[8 + n :]
 
 
+def _check_license(license: Any) -> str:
+    """A Hub license id: lowercase letters, digits, '.', '-', '+' (apache-2.0, mit, cc-by-4.0, other)."""
+    if not isinstance(license, str) or not re.fullmatch(r"[a-z0-9][a-z0-9.+\-]{0,63}", license):
+        raise InvalidArgumentError(
+            f"license must be a Hub license id such as 'apache-2.0', 'mit' or 'cc-by-4.0', got {license!r}."
+        )
+    return license
+
+
 def _check_accuracy(accuracy: dict[str, Any]) -> dict[str, Any]:
     """Measured accuracies for the card: top1 (required), optional top5, base_top1, base_top5 (finite percentages),
-    dataset (a name), n (a count)."""
-    allowed = ("top1", "top5", "base_top1", "base_top5", "dataset", "n")
+    dataset (a name), n (a count), of (the data set's size when the n images are a subset of it)."""
+    allowed = ("top1", "top5", "base_top1", "base_top5", "dataset", "n", "of")
     if not isinstance(accuracy, dict) or "top1" not in accuracy:
         raise InvalidArgumentError(
             f"accuracy must be a dict with a measured 'top1' (and optionally {', '.join(allowed[1:])}), "
@@ -387,6 +403,11 @@ def _check_accuracy(accuracy: dict[str, Any]) -> dict[str, Any]:
     n = accuracy.get("n")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise InvalidArgumentError(f"accuracy['n'] must be a positive number of images, got {n!r}.")
+    of = accuracy.get("of")
+    if of is not None and (isinstance(of, bool) or not isinstance(of, int) or n is None or of < n):
+        raise InvalidArgumentError(
+            f"accuracy['of'] must be the data set's number of images, at least n, with n given; got {of!r}."
+        )
     dataset = accuracy.get("dataset")
     if dataset is not None and (not isinstance(dataset, str) or not 0 < len(dataset) <= 200):
         raise InvalidArgumentError(f"accuracy['dataset'] must be a name of 1 to 200 characters, got {dataset!r}.")
@@ -490,7 +511,7 @@ def _load_folder(folder: Path, twin: bool) -> nn.Module:
 def _verify_reload(model: nn.Module, folder: Path, twin: bool) -> None:
     """Load ``folder`` as a user would and require the same logits as ``model`` on a small input."""
     from ..evaluation import logits_of
-    from ..profile import default_input_size, input_device_dtype
+    from ..profile import input_device_dtype
 
     try:
         loaded = _load_folder(folder, twin)

@@ -17,6 +17,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..profile import ModelStats
 from ..units import format_bytes, format_count
+from .format import FIRST_READER
 from .manifest import Manifest
 
 __all__ = ["render_card", "card_template"]
@@ -94,6 +95,34 @@ def _quantization_done(manifest: Manifest, settings: dict) -> list[str]:
     return done
 
 
+def _accuracy(acc: dict[str, Any]) -> tuple[list[EvalResult] | None, str | None]:
+    """The model-index entries and the card's sentence for measured accuracy. A subset (``n`` of the ``of``
+    images of a data set) is said to be one, and kept out of the model-index (Hub widgets show it as a result)."""
+    if "top1" not in acc:
+        return None, None
+    where = markdown_text(acc.get("dataset", "the evaluation images"))
+    if "of" in acc and acc["of"] > acc.get("n", acc["of"]):
+        return None, (
+            f"Accuracy measured by udfc-hub on a subset: {acc['n']} of the {acc['of']} images of {where} (evenly "
+            "spaced), so it is not reported in the model-index."
+        )
+    dataset = acc.get("dataset", "evaluation images")
+    results = [
+        EvalResult(
+            task_type="image-classification",
+            dataset_type=_slug(dataset),
+            dataset_name=dataset,
+            metric_type="accuracy",
+            metric_name=metric,
+            metric_value=acc[key],
+        )
+        for key, metric in (("top1", "top-1 accuracy"), ("top5", "top-5 accuracy"))
+        if key in acc
+    ]
+    n = f" ({acc['n']} images)" if "n" in acc else ""
+    return results, f"Accuracy measured by udfc-hub on {where}{n}."
+
+
 def render_card(
     manifest: Manifest,
     *,
@@ -104,6 +133,7 @@ def render_card(
     file_size: int,
     name: str,
     repo_id: str | None,
+    input_size: tuple[int, ...] = (3, 224, 224),
 ) -> str:
     """The card text of an artifact with this ``manifest``, saved as ``architecture`` for ``library``.
 
@@ -130,21 +160,7 @@ def render_card(
     if act is not None:
         tags.append(f"w{bits}a{act}")
 
-    eval_results = None
-    if "top1" in acc:
-        dataset = acc.get("dataset", "evaluation images")
-        eval_results = [
-            EvalResult(
-                task_type="image-classification",
-                dataset_type=_slug(dataset),
-                dataset_name=dataset,
-                metric_type="accuracy",
-                metric_name=metric,
-                metric_value=acc[key],
-            )
-            for key, metric in (("top1", "top-1 accuracy"), ("top5", "top-5 accuracy"))
-            if key in acc
-        ]
+    eval_results, accuracy_note = _accuracy(acc)
     extra = {"base_model_relation": "quantized"} if bits is not None and base_model else {}
     data = ModelCardData(
         library_name=library,
@@ -162,15 +178,15 @@ def render_card(
         ("MACs (one image)", _count(prov.base_macs), _count(after.macs)),
         ("weights file", f"{_mb(prov.base_params * 4)} (float32)", f"{_mb(file_size)} (model.safetensors)"),
     ]
-    if "top1" in acc:
-        comparison.append(("top-1 %", f"{acc['base_top1']:.2f}" if "base_top1" in acc else "-", f"{acc['top1']:.2f}"))
-    if "top5" in acc:
-        comparison.append(("top-5 %", f"{acc['base_top5']:.2f}" if "base_top5" in acc else "-", f"{acc['top5']:.2f}"))
-    accuracy_note = None
-    if "top1" in acc:
-        where = markdown_text(acc.get("dataset", "the evaluation images"))
-        n = f" ({acc['n']} images)" if "n" in acc else ""
-        accuracy_note = f"Accuracy measured by udfc-hub on {where}{n}."
+    for key, label in (("top1", "top-1 %"), ("top5", "top-5 %")):
+        if key in acc:
+            comparison.append((label, f"{acc['base_' + key]:.2f}" if f"base_{key}" in acc else "-", f"{acc[key]:.2f}"))
+    license_note = None
+    if not license:
+        license_note = (
+            "No license was given for these weights: ask the publisher before reuse (publishers: "
+            '`save_pretrained(..., license="apache-2.0")`, CLI `--license`, or the base model\'s, inherited).'
+        )
     storage = f"{bits}-bit codes packed densely with their scales" if bits is not None else "float32 tensors"
     if act is not None:
         storage += ", next to the input scale and zero point of each quantized layer"
@@ -194,5 +210,8 @@ def render_card(
         storage=storage,
         act_bits=act,
         settings=list(prov.config.to_dict().items()),  # field order, whatever order the file kept
+        input_size=tuple(input_size),
+        min_version=FIRST_READER[manifest.format_version],
+        license_note=license_note,
     )
     return str(card).rstrip() + "\n"

@@ -14,3 +14,5 @@ ACT_FORMAT_VERSION = 3
 FLOW_FORMAT_VERSION = 4
 MIXED_FORMAT_VERSION = 5
 READABLE_VERSIONS = (1, 2, 3, 4, 5)
+# the first udfc-hub release that reads each format version (the model card's install line names it)
+FIRST_READER = {1: "0.1.0", 2: "0.1.0", 3: "0.1.0", 4: "0.1.0", 5: "0.1.0"}

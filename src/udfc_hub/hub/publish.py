@@ -6,7 +6,13 @@ retry uploads the same bytes.
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import InvalidArgumentError, PublishError, UdfcError
@@ -75,21 +81,53 @@ def push(
     api = HfApi(token=tok, library_name="udfc-hub", library_version=__version__)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        info = api.upload_folder(
-            repo_id=repo_id,
-            folder_path=folder,
-            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME],
-            delete_patterns=STALE_PATTERNS,
-            commit_message=message,
-            revision=revision,
-            create_pr=create_pr,
-            repo_type="model",
-        )
+        with _staged(folder, repo_id) as staged:  # the card's snippet names this repo
+            info = _upload(api, staged, repo_id, message, revision, create_pr)
     except UdfcError:
         raise
     except Exception as e:  # the Hub client raises HTTP, connection and OS errors of several kinds
         raise PublishError(_describe(e, api.endpoint, repo_id), local_path=folder) from e
     return info.pr_url if create_pr and info.pr_url else info.commit_url
+
+
+def _upload(api, folder: Path, repo_id: str, message: str, revision: str | None, create_pr: bool):
+    return api.upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME],
+        delete_patterns=STALE_PATTERNS,
+        commit_message=message,
+        revision=revision,
+        create_pr=create_pr,
+        repo_type="model",
+    )
+
+
+@contextmanager
+def _staged(folder: Path, repo_id: str) -> Iterator[Path]:
+    """The files to upload, with the card's usage snippet naming ``repo_id`` (a card saved before the repo was
+    known names a placeholder, or another repo): a scratch folder of hard links (copies where links cannot be
+    made) beside a new README.md. The user's folder is left as it is."""
+    with tempfile.TemporaryDirectory(prefix=".udfc-push-") as scratch:
+        staged = Path(scratch)
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            try:
+                os.link(folder / name, staged / name)
+            except OSError:
+                shutil.copy2(folder / name, staged / name)
+        (staged / CARD_NAME).write_text(card_for_repo((folder / CARD_NAME).read_text(), repo_id))
+        yield staged
+
+
+def card_for_repo(card: str, repo_id: str) -> str:
+    """``card`` with its usage snippet's repo (``from_pretrained("...")``, ``"hf-hub:..."``) replaced by ``repo_id``."""
+    found = re.search(r'from_pretrained\(("(?:[^"\\]|\\.)*")\)', card)
+    if found is None:
+        return card
+    old = json.loads(found.group(1))
+    return card.replace(json.dumps(f"hf-hub:{old}"), json.dumps(f"hf-hub:{repo_id}")).replace(
+        json.dumps(old), json.dumps(repo_id)
+    )
 
 
 def _describe(e: Exception, endpoint: str, repo_id: str) -> str:
