@@ -1076,3 +1076,33 @@ def test_cli_errors_are_json_with_json(tmp_path, args, code, message, monkeypatc
     assert summary["ok"] is False and summary["exit_code"] == code and message in summary["error"]
     assert not (tmp_path / "o").exists()
     assert time.perf_counter() - start < 120
+
+
+# --- small things a new user meets ------------------------------------------------------------------------------
+
+
+def test_a_misspelt_name_gets_a_did_you_mean_and_a_folder_is_not_called_a_model(tmp_path):
+    with pytest.raises(InvalidArgumentError, match="unknown timm model 'resnte18'. Did you mean one of: resnet18"):
+        udfc_hub.load_model("resnte18")
+    with pytest.raises(InvalidArgumentError, match="is a folder without config.json: not a udfc_hub model folder"):
+        udfc_hub.load_model(str(tmp_path))
+
+
+def test_a_checkpoint_of_another_model_is_summarised_not_listed(tmp_path):
+    torch.save(timm.create_model("cifar_resnet20").state_dict(), tmp_path / "r20.pth")
+    with pytest.raises(InvalidArgumentError, match=r"its tensors do not fit this architecture \(\d+ missing") as e:
+        udfc_hub.load_model("cifar_resnet32", checkpoint=tmp_path / "r20.pth")
+    assert len(str(e.value)) < 400  # torch's message lists every key
+
+
+def test_the_report_shows_no_residual_for_layers_that_kept_every_channel(r20):
+    result = udfc_hub.compress(r20, prune_ratio=0.1, bits=None)  # the moment allocation prunes layer3 only
+    layers = {r.name: r for r in result.report.layers}
+    assert (layers["layer1.0.conv1"].kept_channels, layers["layer1.0.conv1"].residual) == (16, None)  # was 0.000
+    assert result.report.pruned_layers and all(r.residual is not None for r in result.report.pruned_layers)
+
+
+def test_dir_lists_the_public_names_only():
+    names = dir(udfc_hub)
+    assert {"compress", "save_pretrained", "CompressionConfig"} <= set(names)
+    assert not {"Any", "annotations", "importlib", "sys"} & set(names)

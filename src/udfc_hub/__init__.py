@@ -161,7 +161,8 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    """The public names (as ``__all__``) and the subpackages, not the module's own imports."""
+    return sorted(set(__all__) | set(_SUBMODULES))
 
 
 # The `udfc-hub` command's launcher asks for a deferred registration, so that --help and usage errors answer

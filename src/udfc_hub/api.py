@@ -7,8 +7,10 @@ both build a ``CompressionConfig``), optionally evaluates, saves and pushes.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+import re
 import socket
 import tempfile
 import threading
@@ -56,10 +58,18 @@ def _check_source(source: Any) -> None:
         raise InvalidArgumentError(
             f"model must be a timm model name, an hf-hub:/local-dir: source or an nn.Module, got {source!r}."
         )
-    if not source.startswith(_HUB_PREFIXES) and not timm.is_model(source.split(".")[0]):
-        close = timm.list_models(f"*{source.split('.')[0]}*")[:8]
-        hint = f" Did you mean one of: {', '.join(close)}?" if close else " See timm.list_models()."
-        raise InvalidArgumentError(f"unknown timm model {source!r}.{hint}")
+    if source.startswith(_HUB_PREFIXES) or timm.is_model(source.split(".")[0]):
+        return
+    if Path(source).exists():  # a path given without local-dir:
+        what = "a folder without config.json" if Path(source).is_dir() else "a file"
+        raise InvalidArgumentError(
+            f"{source} is {what}: not a udfc_hub model folder. Give a folder written by save_pretrained / udfc-hub "
+            "compress (local-dir:PATH), a timm model name, or hf-hub:user/repo."
+        )
+    name = source.split(".")[0]
+    close = timm.list_models(f"*{name}*")[:8] or difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.75)
+    hint = f" Did you mean one of: {', '.join(close)}?" if close else " See timm.list_models()."
+    raise InvalidArgumentError(f"unknown timm model {source!r}.{hint}")
 
 
 def _from_checkpoint(source: str, checkpoint: str | os.PathLike) -> nn.Module:
@@ -70,9 +80,30 @@ def _from_checkpoint(source: str, checkpoint: str | os.PathLike) -> nn.Module:
     try:
         return timm.create_model(source, pretrained=False, checkpoint_path=str(checkpoint)).eval()
     except Exception as e:
-        raise InvalidArgumentError(
-            f"could not load checkpoint {checkpoint} into {source}: {type(e).__name__}: {str(e)[:300]}"
-        ) from e
+        raise InvalidArgumentError(f"could not load checkpoint {checkpoint} into {source}: {_why(e)}") from e
+
+
+def _why(e: Exception) -> str:
+    """One line for a failed load: a state dict that does not fit is counted (torch lists every key)."""
+    text = str(e)
+    if "Error(s) in loading state_dict" in text:
+        counts = {
+            kind: len(re.findall(r'"[^"]+"', part.split("\n")[0]))
+            for kind, part in (
+                (k, text.split(f"{k} key(s) in state_dict:", 1)[1])
+                for k in ("Missing", "Unexpected")
+                if f"{k} key(s) in state_dict:" in text
+            )
+        }
+        shapes = text.count("size mismatch")
+        parts = [f"{n} {kind.lower()} tensor(s)" for kind, n in counts.items()] + (
+            [f"{shapes} of another shape"] if shapes else []
+        )
+        return (
+            f"its tensors do not fit this architecture ({', '.join(parts)}): is it a checkpoint of another model? "
+            "Give the model name it was trained as."
+        )
+    return f"{type(e).__name__}: {text.splitlines()[0][:300]}"
 
 
 def _pretrained(source: str) -> nn.Module:

@@ -664,9 +664,10 @@ def cmd_export(args) -> dict[str, Any]:
         args,
         f"wrote {out.path} ({out.bytes / 1e6:.2f} MB): {out.int8_weights} int8 weight tensors, "
         f"{out.quantized_inputs} quantized layer inputs, {out.folded_norms} BatchNorms folded, "
-        f"{out.output_quantizers} output quantizers added (only a format-3 artifact needs them); "
-        "ONNX Runtime vs PyTorch on a random batch: max |diff| "
-        f"{out.max_abs_diff:.2e}" + "".join(f"\nnote: {n}" for n in out.notes),
+        f"{out.output_quantizers} output quantizers added"
+        + (" (a format-3 artifact lacks its own int8 data flow); " if out.output_quantizers else "; ")
+        + f"ONNX Runtime vs PyTorch on a random batch: max |diff| {out.max_abs_diff:.2e}"
+        + "".join(f"\nnote: {n}" for n in out.notes),
     )
     return {
         "ok": True,
@@ -794,7 +795,8 @@ def cmd_sweep(args) -> dict[str, Any]:
     failed = [r for r in result.rows if r["status"] != "ok"]
     for r in failed[:5]:
         _say(args, f"{r['cell']} failed: {r['error']}")
-    _say(args, f"{len(result.rows)} cells in {result.seconds:.1f} s ({len(failed)} failed); table {result.table}")
+    where = result.files.get("table_md") or result.table  # the readable table; results.jsonl is its data
+    _say(args, f"{len(result.rows)} cells in {result.seconds:.1f} s ({len(failed)} failed); results: {where}")
     for key, url in result.pushed.items():
         _say(args, f"pushed {next(r['repo_id'] for r in result.rows if r['key'] == key)}: {url}")
     return {

@@ -407,7 +407,8 @@ class _Pass:
             if name in self.layers:
                 self.kept_out[name] = plan.keep
         _keep_inputs(self.covariances, group, plan.keep, plan.keep.numel() + plan.pruned.numel())
-        report.kept_channels, report.residual, report.solver = len(plan.keep), plan.residual, plan.solver
+        report.kept_channels, report.solver = len(plan.keep), plan.solver
+        report.residual = plan.residual if len(plan.pruned) else None  # nothing removed: no loss to report
         return plan
 
     def _quantize(self, layer: Layer, mod: nn.Module, norm: nn.Module | None, report: LayerReport):
