@@ -230,6 +230,7 @@ def test_tampered_activation_fields_are_refused(a8_folder, tmp_path, edit, messa
         udfc_hub.check_artifact(folder)
 
 
+@pytest.mark.slow
 def test_fixture_resnet20_w8a8_and_w6a6_stay_close_to_float():
     """Real weights and images: the first 2,000 fixture images (W8A8 drops 0.15, W6A6 0.60 on them, measured)."""
     x, y = load_cifar(require(CIFAR_TEST))

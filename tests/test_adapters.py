@@ -127,7 +127,9 @@ def test_cifar_checkpoints_load_through_timm(depth, expected):
     assert torch.equal(model.conv1.weight, first)
 
 
-@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "efficientnet_b0", "mobilenetv2_100"])
+@pytest.mark.parametrize(
+    "name", [pytest.param("tf_efficientnet_lite0", marks=pytest.mark.slow), "efficientnet_b0", "mobilenetv2_100"]
+)
 def test_efficientnet_family_quantizes_everything_and_prunes_the_head(name, tmp_path):
     model = timm.create_model(name).eval()
     spec = describe_model(model)
@@ -182,7 +184,7 @@ def test_plain_pruning_removes_depthwise_coupled_channels(name, tmp_path):
 @pytest.mark.parametrize(
     "name,size,groups,first",
     [
-        ("vgg11_bn", 64, 8, "features.0"),
+        pytest.param("vgg11_bn", 64, 8, "features.0", marks=pytest.mark.slow),
         ("convnext_atto", 64, 12, "stages.0.blocks.0.mlp.fc1"),
         ("vit_tiny_patch16_224", 224, 12, "blocks.0.mlp.fc1"),
         ("deit_tiny_patch16_224", 224, 12, "blocks.0.mlp.fc1"),

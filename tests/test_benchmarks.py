@@ -7,6 +7,8 @@ import pytest
 
 from helpers import CIFAR_TEST, FIXTURES, REPO, require
 
+pytestmark = pytest.mark.slow  # each runs a benchmark script end to end: `pytest -m slow`, and in CI
+
 
 def _load(name):
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")

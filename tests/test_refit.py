@@ -244,6 +244,7 @@ def _bn_gap(net, x):
     return float(torch.stack(gaps).sum())
 
 
+@pytest.mark.slow
 def test_jittered_distillation_holds_the_statistics_wherever_the_content_sits():
     # each step sees a shifted (up to 1 px at 8x8) and sometimes mirrored view: every such view of the result
     # matches the BN statistics, where images distilled in place match them in place only (measured: worst view
@@ -264,6 +265,7 @@ def test_jittered_distillation_holds_the_statistics_wherever_the_content_sits():
     assert torch.equal(default, distill_images(net, (3, 8, 8), 16, steps=150, jitter=0.0)[0])
 
 
+@pytest.mark.slow
 def test_refit_distilled_end_to_end(monkeypatch, tmp_path):
     monkeypatch.setattr(udfc_hub.engine, "DISTILL_STEPS", 100)
     model = _calibrated("resnet18")

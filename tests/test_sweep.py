@@ -278,6 +278,7 @@ def ray_runtime(tmp_path_factory):
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_gives_the_same_rows_and_survives_a_killed_worker(ray_runtime, clean, models, data, tmp_path):
     marker = ray_runtime
     on_ray = sweep(models, **GRID, data=data, out=tmp_path / "a", engine="ray", progress=False)
