@@ -62,8 +62,11 @@ print(base, max(peak, rss()))
 
 
 def _median_seconds(fn, repeats: int) -> float:
+    from udfc_hub.ops.moments import clear_cache
+
     times = []
     for _ in range(repeats):
+        clear_cache()  # each run from scratch: compress keeps moment models for repeated calls on one model
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)

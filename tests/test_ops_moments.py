@@ -114,3 +114,22 @@ def test_expected_shift_equals_the_convolution_of_the_mean(groups):
     assert torch.allclose(expected_output_shift(dw, taps, groups), direct, atol=1e-12)
     lin = torch.randn(3, 8, generator=g, dtype=torch.float64)
     assert torch.allclose(expected_output_shift(lin, x[0, :, 0, 0]), lin @ x[0, :, 0, 0])
+
+
+def test_relu_moments_are_kept_for_identical_inputs_and_returned_as_copies():
+    from udfc_hub.ops import moments
+
+    moments.clear_cache()
+    torch.manual_seed(0)
+    mean, std = torch.randn(6), torch.rand(6) + 0.5
+    a = torch.randn(6, 6)
+    corr = torch.corrcoef(a @ a.T)
+    first = moments.relu_moments(mean, std, corr, cap=6.0)
+    assert len(moments._CACHE) == 1
+    first.cov.zero_()  # a caller's change does not reach the kept result
+    again = moments.relu_moments(mean.clone(), std.clone(), corr.clone(), cap=6.0)
+    assert len(moments._CACHE) == 1 and torch.equal(again.cov, moments._relu_moments(mean, std, corr, cap=6.0).cov)
+    moments.relu_moments(mean, std, corr, cap=None)  # other arguments: another entry
+    assert len(moments._CACHE) == 2
+    moments.clear_cache()
+    assert not moments._CACHE
