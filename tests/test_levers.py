@@ -249,7 +249,7 @@ def test_stream_allocation_prunes_residual_branches_harder(tmp_path):
     assert auto == stream
     by_default = udfc_hub.compress(model, prune_ratio=0.3, bits=None, input_size=(3, 64, 64))
     assert {r.name: r.kept_channels for r in by_default.report.layers if r.name in stream} == stream
-    said = f"layer_ratios='auto' weighs by the stream: {len(skips)} group(s) in residual blocks"
+    said = f"layer_ratios='auto' chose the residual allocation: {len(skips)} group(s) in residual blocks"
     assert any(note.startswith(said) for note in by_default.report.notes)
     # a model with no residual block (couplings traced from the graph) gets the moment allocation, and says so
     torch.manual_seed(0)

@@ -484,8 +484,9 @@ class _Pass:
             )
         if self._fallbacks:
             notes.append(
-                f"{len(self._fallbacks)} pruned group(s) without ReLU moments (their adapter does not declare "
-                "relu_after_norm): UDFC's linear fit and no bias/variance correction there, e.g. " + self._fallbacks[0]
+                f"{len(self._fallbacks)} pruned group(s) have no ReLU known right after their BatchNorm, so they are "
+                "compensated with UDFC's linear fit, without udfc+'s bias and variance corrections (e.g. "
+                f"{self._fallbacks[0]}); a hand-written adapter can declare the ReLU (relu_after_norm=True)"
             )
         return notes
 
@@ -575,12 +576,12 @@ def _allocate_by_moments(
     stream = mode == "stream" or (mode == "auto" and mixes_residual_branches(spec, modelled))
     shares = stream_shares(model, spec, modelled, input_size) if stream else {}
     if stream and notes is not None:
-        said = "layer_ratios='stream'" if mode == "stream" else "layer_ratios='auto' weighs by the stream"
+        said = "layer_ratios='stream'" if mode == "stream" else "layer_ratios='auto' chose the residual allocation"
         if shares:
             low, high = min(shares.values()), max(shares.values())
             notes.append(
-                f"{said}: {len(shares)} group(s) in residual blocks weighed by their branch's share "
-                f"of the stream it joins ({low:.2f}-{high:.2f}, in the BN-matched probe)"
+                f"{said}: {len(shares)} group(s) in residual blocks are pruned more where their block adds less to "
+                f"the signal it joins (its share: {low:.2f}-{high:.2f}); layer_ratios='moments' leaves that out"
             )
         else:
             notes.append(
