@@ -505,19 +505,18 @@ def saved_v2(tmp_path_factory):
 
 @pytest.mark.parametrize("name", sorted(TAMPER_V2))
 def test_format_2_shapes_are_checked_by_every_timm_loader(tmp_path, saved_v2, name):
-    folder = tmp_path / "m"
-    shutil.copytree(saved_v2, folder)
-    TAMPER_V2[name][0](folder)
+    folder = _tampered(tmp_path, name, saved_v2, TAMPER_V2)
     with pytest.raises(ArtifactError, match=TAMPER_V2[name][1]):
         udfc_hub.check_artifact(folder)
     with pytest.raises(UdfcError, match=TAMPER_V2[name][1]):
         timm.create_model(f"local-dir:{folder}", pretrained=True)
 
 
-def _tampered(tmp_path, name):
+def _tampered(tmp_path, name, source=TIMM_V1, table=TAMPER):
+    """A copy of ``source`` in ``tmp_path`` with ``table[name]``'s edit applied."""
     folder = tmp_path / "m"
-    shutil.copytree(TIMM_V1, folder)
-    TAMPER[name][0](folder)
+    shutil.copytree(source, folder)
+    table[name][0](folder)
     return folder
 
 
@@ -573,9 +572,7 @@ def saved_w8a8(tmp_path_factory):
 def test_activation_grids_are_bounded_for_every_loader(tmp_path, saved_w8a8, name):
     from transformers import AutoModelForImageClassification
 
-    folder = tmp_path / "m"
-    shutil.copytree(saved_w8a8, folder)
-    TAMPER_ACT[name][0](folder)
+    folder = _tampered(tmp_path, name, saved_w8a8, TAMPER_ACT)
     udfc_hub.hub.validate.validate_folder(folder)  # the file itself is well formed, its digest matches
     with pytest.raises(ArtifactError, match=TAMPER_ACT[name][1]):
         udfc_hub.check_artifact(folder)
