@@ -190,12 +190,15 @@ def check_output_folder(path: str | os.PathLike, overwrite: bool) -> Path:
         raise InvalidArgumentError(
             f"{target} exists and is not empty; pass overwrite=True (CLI: --overwrite) or choose a new folder."
         )
-    if ancestor is not None and ancestor.is_dir():  # some file systems (/proc) refuse what access() allows
+    # where the new folder is made (beside the target, never in it): some file systems (/proc) refuse what
+    # access() allows, so a folder is made there and removed at once
+    where = next((p for p in target.parents if p.exists()), None)
+    if where is not None and where.is_dir():
         try:
-            os.rmdir(tempfile.mkdtemp(prefix=".udfc-probe-", dir=ancestor))
+            os.rmdir(tempfile.mkdtemp(prefix=".udfc-probe-", dir=where))
         except OSError as e:
             raise InvalidArgumentError(
-                f"{target} cannot be written: {ancestor} refuses new folders ({e.strerror}); choose another folder."
+                f"{target} cannot be written: {where} refuses new folders ({e.strerror}); choose another folder."
             ) from None
     return target
 

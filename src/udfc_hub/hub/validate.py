@@ -1,12 +1,12 @@
 """One validation of a saved folder, used by ``check_artifact`` and every loader before anything is allocated.
 
 A folder from the Hub is untrusted input. In order: config.json parses and its manifest is valid (bounded
-numbers, a readable format version); the safetensors header (read alone, never the tensors) lists exactly the
-tensors, shapes and dtypes that the config implies, within the file's size; the network the config describes runs
-(a forward pass on the meta device: shapes only, no memory); the file's SHA-256 equals the one config.json
-records (files saved before the digest existed have none, and load as before). Only then may a loader allocate,
-and it checks the loaded values (``check_loaded``): finite, and every quantizer field within what the writer can
-produce (``QUANTIZER_BOUNDS``).
+numbers, a readable format version); the safetensors header (read alone, never the tensors) fits the file's size;
+the file's SHA-256 equals the one config.json records (folders saved before the digest existed have none, and load
+as before); the header lists exactly the tensors, shapes and dtypes that the config implies; the network the
+config describes runs (a forward pass on the meta device: shapes only, no memory). Only then may a loader
+allocate, and it checks the loaded values (``check_loaded``): finite, and every quantizer field within what the
+writer can produce (``QUANTIZER_BOUNDS``).
 """
 
 from __future__ import annotations
@@ -238,8 +238,8 @@ def weights_digest(data: bytes | Path) -> str:
 
 
 def check_digest(config: dict[str, Any], weights: Path) -> None:
-    """Refuse a weights file whose SHA-256 differs from the one config.json records (none recorded: nothing to
-    check, as in files saved before udfc-hub 0.2)."""
+    """Refuse a weights file whose SHA-256 differs from the one config.json records (none recorded, as in folders
+    saved before the digest existed: nothing to check)."""
     recorded = config["udfc"].get(DIGEST_KEY)
     if recorded is None:
         return
