@@ -250,12 +250,14 @@ def export_onnx(
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
         diff, scale = _check_with_runtime(ort, tmp, source, example)
-        limit = tolerance if tolerance is not None else default_tolerance(n_inputs > 0, stats["outputs"] > 0) * scale
+        kind = _tolerance_kind(n_inputs > 0, stats["outputs"] > 0)
+        limit = tolerance if tolerance is not None else TOLERANCES[kind] * scale
         if not diff <= limit:
+            given = "given" if tolerance is not None else f"{kind}: {TOLERANCES[kind]:g} of the largest |logit|"
             raise UdfcError(
                 f"ONNX Runtime's outputs differ from the PyTorch model's by {diff:.3g} on a random batch, above the "
-                f"tolerance {limit:.3g} ({_tolerance_text(n_inputs > 0, stats['outputs'] > 0)}); nothing was "
-                "written. Pass a larger tolerance (CLI: --tolerance) to export it anyway."
+                f"tolerance {limit:.3g} ({given}); nothing was written. Pass a larger tolerance (CLI: --tolerance) "
+                "to export it anyway."
             )
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it private; the file gets the mode any new file gets
         os.replace(tmp, path)
@@ -299,13 +301,11 @@ def _export(model: nn.Module, example: torch.Tensor, file: Path, opset: int) -> 
 TOLERANCES = {"float activations": 1e-3, "int8 activations": 0.03, "int8 activations, rounding added": 0.15}
 
 
-def default_tolerance(int8_inputs: bool, added: bool) -> float:
-    return TOLERANCES[_tolerance_text(int8_inputs, added).split(" of ")[0]]
-
-
-def _tolerance_text(int8_inputs: bool, added: bool) -> str:
-    kind = "float activations" if not int8_inputs else "int8 activations" + (", rounding added" if added else "")
-    return f"{kind} of the largest |logit|"
+def _tolerance_kind(int8_inputs: bool, rounding_added: bool) -> str:
+    """The ``TOLERANCES`` entry of an export."""
+    if not int8_inputs:
+        return "float activations"
+    return "int8 activations, rounding added" if rounding_added else "int8 activations"
 
 
 def _check_with_runtime(ort, file: Path, model: nn.Module, example: torch.Tensor) -> tuple[float, float]:
