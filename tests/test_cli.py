@@ -140,6 +140,8 @@ def test_the_real_demo_runs_offline(tmp_path):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["reload_max_abs_diff"] <= 1e-5 and summary["params_after"] < summary["params_before"]
+    # running the README's command again replaces the earlier demo's folder
+    assert run("demo", "--out", tmp_path / "demo", "--quiet").returncode == 0
 
 
 def test_demo_runs_offline(tmp_path, monkeypatch):
@@ -162,8 +164,7 @@ def test_demo_runs_offline(tmp_path, monkeypatch):
     summary = json.loads(proc.stdout)
     assert summary["reload_max_abs_diff"] <= 1e-5 and summary["params_after"] < summary["params_before"]
     assert (tmp_path / "demo" / "model.safetensors").is_file()
-    # running the README's command again replaces the earlier demo's folder, never a folder of the user's
-    assert run("demo", "--out", tmp_path / "demo", "--quiet").returncode == 0
+    # a folder of the user's is never replaced (the slow test runs the demo twice: its own folder is)
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     proc = run("demo", "--out", tmp_path / "mine", "--quiet")
@@ -265,16 +266,27 @@ def test_eval_reference_checkpoint(saved, ckpt):
     assert json.loads(proc.stdout)["agreement"] == summary["eval_after"]["agreement"]
 
 
-def test_offline_load_names_the_ways_out(tmp_path):
-    proc = run("compress", "resnet18", "--out", tmp_path / "o", env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)})
+def _offline(monkeypatch, tmp_path):
+    """HF_HUB_OFFLINE=1 with an empty Hugging Face cache, for the command run in this process."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+
+
+def test_offline_load_names_the_ways_out(tmp_path, monkeypatch):
+    _offline(monkeypatch, tmp_path)
+    proc = run("compress", "resnet18", "--out", tmp_path / "o")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "HF_HUB_OFFLINE=1" in proc.stderr and "--checkpoint" in proc.stderr and "local-dir:" in proc.stderr
+    # it is set already: the message says so (it used to say to set it), and gives the ways out
+    assert "HF_HUB_OFFLINE=1 is set and the weights are not in the Hugging Face cache" in proc.stderr
+    assert "--checkpoint" in proc.stderr and "local-dir:" in proc.stderr and "--random-init" in proc.stderr
 
 
-def test_compress_random_init_works_offline_and_names_no_base(tmp_path):
-    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # nothing could be downloaded
+def test_compress_random_init_works_offline_and_names_no_base(tmp_path, monkeypatch):
+    _offline(monkeypatch, tmp_path)  # nothing could be downloaded
     out = tmp_path / "r20-random"
-    proc = run("compress", "cifar_resnet20", "--random-init", "--bits", "4", "--out", out, "--json", "--quiet", env=env)
+    proc = run("compress", "cifar_resnet20", "--random-init", "--bits", "4", "--out", out, "--json", "--quiet")
     assert proc.returncode == 0, proc.stderr
     config = json.loads((out / "config.json").read_text())
     assert config["udfc"]["base_model"] is None and "base_model:" not in (out / "README.md").read_text()
@@ -284,15 +296,11 @@ def test_compress_random_init_works_offline_and_names_no_base(tmp_path):
         assert proc.returncode == 2 and "--random-init builds a timm model by name" in proc.stderr
 
 
-@pytest.mark.parametrize("offline", ["", "1"])
-def test_an_unreachable_hub_fails_fast_with_what_to_do(tmp_path, offline):
-    # a host name that never resolves (RFC 2606): was a minute of retries, then a message to set HF_HUB_OFFLINE=1
-    # even where it was set already
-    env = {"HF_ENDPOINT": "https://hub.udfc-test.invalid", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": offline}
+def test_an_unreachable_hub_fails_fast_with_what_to_do(tmp_path):
+    # a host name that never resolves (RFC 2606), HF_HUB_OFFLINE unset: was a minute of retries, then a message
+    # to set HF_HUB_OFFLINE=1 (a subprocess: its own environment, and huggingface_hub's retry lines on its stderr)
+    env = {"HF_ENDPOINT": "https://hub.udfc-test.invalid", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": ""}
     proc = run("compress", "resnet18", "--bits", "4", "--out", tmp_path / "o", env=env)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "--random-init" in proc.stderr
     assert "[Retry " not in proc.stderr  # huggingface_hub's backoff lines: one failed look-up, no retries
-    if offline:
-        assert "HF_HUB_OFFLINE=1 is set and the weights are not in the Hugging Face cache" in proc.stderr
-    else:
-        assert "hub.udfc-test.invalid does not resolve (no network?)" in proc.stderr
+    assert "hub.udfc-test.invalid does not resolve (no network?)" in proc.stderr
