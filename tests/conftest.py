@@ -12,6 +12,13 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    """Each test has its own, empty udfc-hub disk cache (nothing is written to the user's Hugging Face home, and no
+    test reads another's distilled images)."""
+    monkeypatch.setenv("UDFC_HUB_CACHE", str(tmp_path_factory.mktemp("udfc-cache")))
+
+
 @pytest.fixture()
 def hub(tmp_path, monkeypatch):
     """huggingface_hub (and so timm and transformers) pointed at tests/hub_server.py, with a fresh cache."""

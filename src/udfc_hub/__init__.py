@@ -33,6 +33,8 @@ _EXPORTS = {
     "register_adapter": "adapters",
     "registered_adapter": "adapters",
     "unregister_adapter": "adapters",
+    "cache_info": "cache",
+    "clear_cache": "cache",
     "compress_and_push": "api",
     "load_model": "api",
     "METHODS": "config",
@@ -53,6 +55,7 @@ _EXPORTS = {
 }
 _SUBMODULES = (
     "adapters",
+    "cache",
     "api",
     "config",
     "engine",
@@ -83,7 +86,9 @@ __all__ = [
     "UdfcError",
     "UnsupportedModelError",
     "__version__",
+    "cache_info",
     "check_artifact",
+    "clear_cache",
     "compress",
     "compress_and_push",
     "describe_model",

@@ -51,6 +51,10 @@ EXAMPLES = {
   udfc-hub demo                                      offline: EfficientNet-Lite0, compressed and reloaded
   udfc-hub demo --bits 4 --data imagenet_sample/      with top-1 and agreement on images
 """,
+    "cache": """examples:
+  udfc-hub cache                                     where the cache is, and its entries
+  udfc-hub cache --clear                             remove every entry
+""",
 }
 EXAMPLES["main"] = "examples:\n" + "".join(line + "\n" for text in EXAMPLES.values() for line in text.splitlines()[1:2])
 
@@ -302,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", metavar="ADDR", help="with --engine ray: 'auto' or ray://host:port (default: local)")
     p.add_argument("--cpus-per-task", type=float, default=1, metavar="N", help="CPUs each Ray task declares (1)")
     p.add_argument("--memory-per-task", type=_size, metavar="SIZE", help="memory each Ray task declares, e.g. 4GB")
+
+    p = add("cache", "list or clear the cache of distilled images (UDFC_HUB_CACHE, else HF_HOME/udfc_hub)")
+    p.add_argument("--clear", action="store_true", help="remove every entry")
 
     p = add("demo", "offline demo: EfficientNet-Lite0 (ImageNet weights), compressed, saved, reloaded")
     p.add_argument("--out", default="udfc-demo-efficientnet-lite0", metavar="DIR", help="folder to write")
@@ -811,6 +818,27 @@ def cmd_sweep(args) -> dict[str, Any]:
     }
 
 
+def cmd_cache(args) -> dict[str, Any]:
+    from .cache import cache_info, clear_cache
+
+    if args.clear:
+        removed = clear_cache()
+        _say(args, f"removed {removed} cached entr{'y' if removed == 1 else 'ies'} from {cache_info()['folder']}")
+        return {"ok": True, "removed": removed}
+    info = cache_info()
+    n = len(info["entries"])
+    _say(
+        args,
+        f"{info['folder']}: {n} entr{'y' if n == 1 else 'ies'}, {_mb(info['total_bytes'])} of "
+        f"{_mb(info['limit_bytes'])} (UDFC_HUB_CACHE_SIZE)",
+    )
+    if n:
+        _say(args, _table([("entry", "kind", "size", "last used")] + [
+            (e["name"][:16], e["kind"], _mb(e["bytes"]), e["last_used"]) for e in info["entries"]
+        ]))  # fmt: skip
+    return {"ok": True, **info}
+
+
 COMMANDS = {
     "compress": cmd_compress,
     "eval": cmd_eval,
@@ -819,6 +847,7 @@ COMMANDS = {
     "export": cmd_export,
     "sweep": cmd_sweep,
     "demo": cmd_demo,
+    "cache": cmd_cache,
 }
 
 

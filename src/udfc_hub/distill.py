@@ -19,6 +19,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
+from .cache import load_distilled, store_distilled
 from .errors import InvalidArgumentError
 from .ops.refit import RefitStats, best_intercept, refit_error, solve_refit
 from .probe import _patches, input_device_dtype
@@ -60,8 +61,9 @@ def distill_images(
     images less like noise tuned to one position); the gaps returned are those of the unshifted batch. By
     default (None): ``JITTER`` for images at least ``JITTER_MIN_SIDE`` pixels on their shorter side, else none.
     Only the images get gradients: the model's parameters and their ``.grad`` are left alone. The last result is
-    kept for a model with the same weights and arguments (a sweep over settings distils once). ``progress``: a
-    progress bar over the steps. Returns (images, initial loss, final loss)."""
+    kept in memory, and every result on disk (``udfc_hub.cache``), for a model with the same weights and arguments:
+    a sweep over settings, or a second compression of the same model, distils once. ``progress``: a progress bar
+    over the steps. Returns (images, initial loss, final loss)."""
     side = min(input_size[-2:]) if len(input_size) == 3 else 0
     if jitter is None:
         jitter = JITTER if side >= JITTER_MIN_SIDE else 0.0
@@ -69,6 +71,14 @@ def distill_images(
     key = (_fingerprint(model), tuple(input_size), n, steps, seed, lr, shift)
     if key in _CACHE:
         images, first, last = _CACHE[key]
+        return images.clone(), first, last
+    disk_key = hashlib.blake2b(repr(key).encode(), digest_size=20).hexdigest()
+    stored = load_distilled(disk_key)  # distilled before, by this process or another (udfc_hub.cache)
+    if stored is not None:
+        device, dtype = input_device_dtype(model)
+        images, first, last = stored[0].to(device=device, dtype=dtype), stored[1], stored[2]
+        _CACHE.clear()
+        _CACHE[key] = (images, first, last)
         return images.clone(), first, last
     norms = recorded_norms(model)
     if not norms:
@@ -87,6 +97,7 @@ def distill_images(
         model.train(was_training)
     _CACHE.clear()
     _CACHE[key] = (x.detach(), first, last)
+    store_distilled(disk_key, x.detach(), first, last)
     return x.detach().clone(), first, last
 
 
