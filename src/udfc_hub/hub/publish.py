@@ -108,7 +108,10 @@ def _staged(folder: Path, repo_id: str) -> Iterator[Path]:
     """The files to upload, with the card's usage snippet naming ``repo_id`` (a card saved before the repo was
     known names a placeholder, or another repo): a scratch folder of hard links (copies where links cannot be
     made) beside a new README.md. The user's folder is left as it is."""
-    with tempfile.TemporaryDirectory(prefix=".udfc-push-") as scratch:
+    beside = folder.resolve().parent  # the same file system, where hard links work
+    with tempfile.TemporaryDirectory(
+        prefix=".udfc-push-", dir=beside if os.access(beside, os.W_OK) else None
+    ) as scratch:
         staged = Path(scratch)
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             try:
