@@ -155,6 +155,10 @@ SAVE_CASES = [
     ({"accuracy": {"top1": "90"}}, r"accuracy\['top1'\] must be a percentage"),
     ({"accuracy": {"top1": 90, "base_top1": float("inf")}}, r"accuracy\['base_top1'\]"),
     ({"accuracy": {"top1": 90, "n": 0}}, r"accuracy\['n'\] must be a positive number"),
+    ({"accuracy": {"top1": 90, "n": 100, "of": 50}}, r"accuracy\['of'\] must be the data set's number of images"),
+    ({"accuracy": {"top1": 90, "of": 50}}, r"accuracy\['of'\] must be .* with n given"),
+    ({"license": "MIT License"}, "license must be a Hub license id such as 'apache-2.0'"),
+    ({"license": ""}, "license must be a Hub license id"),
     ({"accuracy": {"top1": 90, "dataset": "x" * 300}}, r"accuracy\['dataset'\] must be a name"),
     ({"accuracy": {"top1": 90, "speed": 1}}, "accuracy has unknown keys"),
     ({"accuracy": [90]}, "accuracy must be a dict"),
@@ -1103,3 +1107,13 @@ def test_dir_lists_the_public_names_only():
     names = dir(udfc_hub)
     assert {"compress", "save_pretrained", "CompressionConfig"} <= set(names)
     assert not {"Any", "annotations", "importlib", "sys"} & set(names)
+
+
+def test_a_bad_cache_size_falls_back_to_the_default(monkeypatch):
+    from udfc_hub import cache
+
+    for value in ("lots", "1e9", ""):
+        monkeypatch.setenv("UDFC_HUB_CACHE_SIZE", value)
+        assert cache.cache_info()["limit_bytes"] == cache.DEFAULT_SIZE
+    monkeypatch.setenv("UDFC_HUB_CACHE_SIZE", "-5")
+    assert cache.cache_info()["limit_bytes"] == 0
