@@ -87,18 +87,14 @@ def _why(e: Exception) -> str:
     """One line for a failed load: a state dict that does not fit is counted (torch lists every key)."""
     text = str(e)
     if "Error(s) in loading state_dict" in text:
-        counts = {
-            kind: len(re.findall(r'"[^"]+"', part.split("\n")[0]))
-            for kind, part in (
-                (k, text.split(f"{k} key(s) in state_dict:", 1)[1])
-                for k in ("Missing", "Unexpected")
-                if f"{k} key(s) in state_dict:" in text
-            )
-        }
-        shapes = text.count("size mismatch")
-        parts = [f"{n} {kind.lower()} tensor(s)" for kind, n in counts.items()] + (
-            [f"{shapes} of another shape"] if shapes else []
-        )
+        parts = []
+        for kind in ("Missing", "Unexpected"):  # torch quotes every key on the line after this label
+            _, found, rest = text.partition(f"{kind} key(s) in state_dict:")
+            if found:
+                keys = re.findall(r'"[^"]+"', rest.split("\n")[0])
+                parts.append(f"{len(keys)} {kind.lower()} tensor(s)")
+        if "size mismatch" in text:
+            parts.append(f"{text.count('size mismatch')} of another shape")
         return (
             f"its tensors do not fit this architecture ({', '.join(parts)}): is it a checkpoint of another model? "
             "Give the model name it was trained as."
