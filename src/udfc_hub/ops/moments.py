@@ -131,7 +131,22 @@ def relu_moments(
     cap: float | None = None,
     fast: bool = False,
 ) -> ReluMoments:
-    """See ``_relu_moments``; results are kept for identical inputs (``clear_cache``), returned as copies."""
+    """Mean and covariance of ``relu(z)`` (``min(relu(z), cap)`` with ``cap``) for ``z ~ N(mean, diag(std) corr
+    diag(std))``.
+
+    ``Cov(relu(z_i), relu(z_j)) = E_u[(relu(m_i + s_i u) - c_i) (E[relu(z_j) | u] - E[relu(z_j)])]`` with ``u``
+    standard normal and ``z_j | u ~ N(m_j + s_j rho_ij u, s_j^2 (1 - rho_ij^2))``, whose ReLU mean is closed
+    form; the outer expectation is a Gauss-Legendre sum over ``u > -m_i / s_i`` with ``c_i = 0``, or, for a
+    channel that is on beyond 9 sigma (``relu(z_i) = z_i``), over ``|u| < 9`` with ``c_i = m_i``: both centred,
+    so a large mean (a dead channel with gamma ~ 0 and beta > 0) costs no precision. With ``cap`` the sum stops
+    where channel i saturates, ``u_c = (cap - m_i) / s_i``, and a second rule adds ``(cap - c_i)`` times the
+    integral of the centred conditional mean over ``u > u_c`` (each rule integrates a smooth function: the kinks
+    sit at the ends). ``chunk`` rows at a time (default: about 2^18 values per temporary, which stay in cache).
+    ``fast``: the sums in float32 with 24 nodes, each pair of channels once (the upper triangle; the result is
+    float64 either way).
+
+    Results are kept for identical inputs (``clear_cache`` forgets them) and returned as copies.
+    """
     key = _digest(mean, std, corr, extra=(chunk, cap, fast))
     hit = _CACHE.get(key)
     if hit is None:
@@ -151,20 +166,7 @@ def _relu_moments(
     cap: float | None = None,
     fast: bool = False,
 ) -> ReluMoments:
-    """Mean and covariance of ``relu(z)`` (``min(relu(z), cap)`` with ``cap``) for ``z ~ N(mean, diag(std) corr
-    diag(std))``.
-
-    ``Cov(relu(z_i), relu(z_j)) = E_u[(relu(m_i + s_i u) - c_i) (E[relu(z_j) | u] - E[relu(z_j)])]`` with ``u``
-    standard normal and ``z_j | u ~ N(m_j + s_j rho_ij u, s_j^2 (1 - rho_ij^2))``, whose ReLU mean is closed
-    form; the outer expectation is a Gauss-Legendre sum over ``u > -m_i / s_i`` with ``c_i = 0``, or, for a
-    channel that is on beyond 9 sigma (``relu(z_i) = z_i``), over ``|u| < 9`` with ``c_i = m_i``: both centred,
-    so a large mean (a dead channel with gamma ~ 0 and beta > 0) costs no precision. With ``cap`` the sum stops
-    where channel i saturates, ``u_c = (cap - m_i) / s_i``, and a second rule adds ``(cap - c_i)`` times the
-    integral of the centred conditional mean over ``u > u_c`` (each rule integrates a smooth function: the kinks
-    sit at the ends). ``chunk`` rows at a time (default: about 2^18 values per temporary, which stay in cache).
-    ``fast``: the sums in float32 with 24 nodes, each pair of channels once (the upper triangle; the result is
-    float64 either way).
-    """
+    """``relu_moments`` without the kept results: the quadratures themselves."""
     m = mean.detach().to(torch.float64)  # parameters may arrive with autograd on: no graph of the sums
     s = std.detach().to(torch.float64).clamp(min=_STD_FLOOR)
     rho = corr.detach().to(torch.float64).clamp(-1, 1)
